@@ -1,0 +1,70 @@
+"""Configuration: one frozen dataclass per subsystem, composed into ``VerifyConfig``.
+
+Unknown keys fail loudly (``from_dict``), so a misspelt option is an error, never ignored.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """PGD falsification inside the input box."""
+
+    restarts: int = 10
+    steps: int = 50
+    step_size: float = 0.1  # fraction of the box width per step, decayed
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class AlphaConfig:
+    """alpha-CROWN: optimise the lower-bound slopes of relaxed neurons with Adam."""
+
+    iterations: int = 20
+    lr: float = 0.1
+    lr_decay: float = 0.98
+    early_stop: bool = True  # stop once every objective is certified (> 0)
+
+
+@dataclass(frozen=True)
+class BoundsConfig:
+    """Bound propagation."""
+
+    device: str = "auto"  # "auto" = cuda when available, else cpu
+    dtype: str = "float32"
+    alpha: AlphaConfig = field(default_factory=AlphaConfig)
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    """Everything ``verifier.verify`` needs besides the model and the spec."""
+
+    timeout: float = 60.0
+    method: str = "auto"  # auto | attack | ibp | crown | alpha | bab | milp | sat
+    check_certificates: bool = True
+    seed: int = 0
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    bounds: BoundsConfig = field(default_factory=BoundsConfig)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "VerifyConfig":
+        """Build from nested plain dicts; any unknown key raises ``ValueError``."""
+        return _build(cls, data, "config")
+
+
+def _build(cls, data: dict[str, Any], where: str):
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown {where} keys: {', '.join(unknown)} (known: {', '.join(sorted(fields))})")
+    kwargs = {}
+    for name, value in data.items():
+        default = fields[name].default_factory() if fields[name].default_factory is not dataclasses.MISSING else None
+        if dataclasses.is_dataclass(default) and isinstance(value, dict):
+            kwargs[name] = _build(type(default), value, f"{where}.{name}")
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
