@@ -1,0 +1,127 @@
+"""`nnverify` command line: verify, bounds (more commands join as the engine grows)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+
+_STARTED = time.monotonic()
+EXIT_ERROR = 2
+
+
+def _write(path: str | None, text: str) -> None:
+    """Write the VNN-COMP result block to ``path`` (when given)."""
+    if path:
+        with open(path, "w") as fh:
+            fh.write(text)
+
+
+def _watchdog(seconds: float, result_file: str | None, as_json: bool, started: float) -> threading.Timer:
+    """A hard stop: if verification overruns its budget, report timeout and exit at once."""
+
+    def fire():
+        _write(result_file, "timeout\n")
+        if as_json:
+            print(json.dumps({"verdict": "timeout", "result": "timeout", "reason": "watchdog: budget overrun",
+                              "time": round(time.monotonic() - started, 3)}), flush=True)
+        else:
+            print("timeout", flush=True)
+        os._exit(0)
+
+    timer = threading.Timer(max(seconds, 0.1), fire)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def cmd_verify(args) -> int:
+    """Verify one (model, spec) pair and print the VNN-COMP result block (or JSON)."""
+    from verifier.config import VerifyConfig
+    from verifier.portfolio import verify
+    from verifier.result import Verdict
+
+    budget = args.timeout - (time.monotonic() - args.started)
+    timer = _watchdog(budget + 0.5, args.result_file, args.json, args.started)
+    config = VerifyConfig(timeout=max(budget - 0.2, 0.1), method=args.method,
+                          check_certificates=not args.no_check)
+    result = verify(args.model, args.spec, config)
+    timer.cancel()
+    result.timings["process"] = time.monotonic() - args.started
+    text = result.vnncomp_text()
+    _write(args.result_file, text)
+    if args.json:
+        print(json.dumps(result.to_json(), default=float))
+    else:
+        print(text, end="")
+        if result.reason:
+            print(f"; {result.verdict.value}: {result.reason}", file=sys.stderr)
+    if result.verdict is Verdict.ERROR:
+        print(f"nnverify: error: {result.reason}", file=sys.stderr)
+        return EXIT_ERROR
+    return 0
+
+
+def cmd_bounds(args) -> int:
+    """Print per-constraint lower bounds of the spec's unsafe polytopes."""
+    import torch
+
+    from verifier.bounds import BoundEngine
+    from verifier.portfolio import InputError, load_inputs
+
+    try:
+        model, spec = load_inputs(args.model, args.spec)
+    except InputError as exc:
+        print(f"nnverify: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    graph = model.graph
+    engine = BoundEngine(graph)
+    for ri, region in enumerate(spec.regions):
+        lo, hi = (torch.as_tensor(v, dtype=torch.float32).reshape((1,) + graph.input_shape)
+                  for v in (region.lower, region.upper))
+        for pi, poly in enumerate(region.unsafe):
+            t0 = time.monotonic()
+            res = engine.compute(lo, hi, torch.as_tensor(poly.A, dtype=torch.float32).unsqueeze(0), method=args.method)
+            margins = res.lower[0].double().numpy() - poly.b
+            cells = " ".join(f"{m:+.6g}" for m in margins)
+            print(f"region {ri} polytope {pi} [{args.method}, {time.monotonic() - t0:.3f}s] "
+                  f"lower(A y - b): {cells}  -> {'refuted' if margins.max() > 0 else 'open'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    ap = argparse.ArgumentParser(prog="nnverify", description="Neural-network verification (ONNX + VNN-LIB).")
+    sub = ap.add_subparsers(dest="command", required=True)
+    v = sub.add_parser("verify", help="verify a property; prints the VNN-COMP result block")
+    v.add_argument("model")
+    v.add_argument("spec")
+    v.add_argument("--timeout", type=float, default=60.0, help="wall-clock budget in seconds (default 60)")
+    v.add_argument("--result-file", help="also write the VNN-COMP result block to this file")
+    v.add_argument("--json", action="store_true", help="print the full result as JSON")
+    v.add_argument("--method", default="auto", choices=["auto", "attack", "ibp", "crown", "alpha", "bab", "milp", "sat"])
+    v.add_argument("--no-check", action="store_true", help="skip the float64 re-check of holds (labelled unchecked)")
+    v.set_defaults(func=cmd_verify)
+    b = sub.add_parser("bounds", help="print lower bounds of each unsafe constraint")
+    b.add_argument("model")
+    b.add_argument("spec")
+    b.add_argument("--method", default="crown", choices=["ibp", "crown", "alpha"])
+    b.set_defaults(func=cmd_bounds)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``nnverify`` script."""
+    args = build_parser().parse_args(argv)
+    # Budgets count from process start for the console script (start-up is part of the time).
+    args.started = _STARTED if argv is None else time.monotonic()
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
