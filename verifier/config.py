@@ -39,6 +39,16 @@ class BoundsConfig:
 
 
 @dataclass(frozen=True)
+class BabConfig:
+    """Branch and bound (input splitting and ReLU splitting)."""
+
+    batch: int = 2048            # domains bounded per batched call
+    max_domains: int = 1_000_000  # pending domains kept at most; beyond it the search stops (unknown)
+    input_split_max_dims: int = 16  # input splitting is chosen only for inputs this small
+    method: str = "crown"        # bound method per domain: crown | alpha
+
+
+@dataclass(frozen=True)
 class VerifyConfig:
     """Everything ``verifier.verify`` needs besides the model and the spec."""
 
@@ -48,6 +58,7 @@ class VerifyConfig:
     seed: int = 0
     attack: AttackConfig = field(default_factory=AttackConfig)
     bounds: BoundsConfig = field(default_factory=BoundsConfig)
+    bab: BabConfig = field(default_factory=BabConfig)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "VerifyConfig":

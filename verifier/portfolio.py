@@ -32,6 +32,7 @@ class Goal:
     proved: bool = False
     best_lower: float = -np.inf   # best lower bound found on the polytope's best row margin
     method: str = ""
+    proof: object = None          # what a certificate is built from (e.g. the input-split log)
 
 
 @dataclass
@@ -45,6 +46,7 @@ class Run:
     device: torch.device
     result: Result
     goals: list[Goal] = field(default_factory=list)
+    onnx_runner: object = None    # onnxruntime on the original file, created on first use
     started: float = field(default_factory=time.monotonic)
 
     def left(self) -> float:
@@ -143,12 +145,10 @@ def _finish(run: Run) -> None:
 
 def step_attack(run: Run) -> bool:
     """PGD + random search; a counterexample counts only after onnxruntime confirms it."""
-    from verifier.model.reference import OnnxRunner
     from verifier.search.attack import attack
 
     t0 = time.monotonic()
-    runner = OnnxRunner(run.model.path)
-    cex = attack(run.model.graph, run.spec, runner, run.config.attack, deadline=run.deadline, device=run.device)
+    cex = attack(run.model.graph, run.spec, _runner(run), run.config.attack, deadline=run.deadline, device=run.device)
     run.timed("attack", t0)
     if cex is None:
         run.note("attack: no counterexample")
@@ -230,4 +230,46 @@ def _recheck(run: Run, region: int, goal: Goal) -> bool:
     return ok
 
 
-PIPELINE = (step_attack, step_bounds)
+def step_bab(run: Run) -> bool:
+    """Branch and bound on every open goal: input splitting for low-dimensional inputs."""
+    from verifier.bounds import BoundEngine
+    from verifier.counterexample import validate
+    from verifier.search.input_split import input_split
+
+    graph = run.model.graph
+    if graph.n_inputs > run.config.bab.input_split_max_dims:
+        run.note(f"bab: {graph.n_inputs} inputs, input splitting not used; no ReLU-split BaB yet")
+        return False
+    runner = _runner(run)
+    engine = BoundEngine(graph, device=run.device, dtype=getattr(torch, run.config.bounds.dtype))
+    t0 = time.monotonic()
+    try:
+        for goal in run.open_goals():
+            reg = run.spec.regions[goal.region]
+            poly = reg.unsafe[goal.polytope]
+            out = input_split(engine, graph, reg.lower, reg.upper, poly.A, poly.b,
+                              lambda x: validate(runner, run.spec, x), run.deadline, run.config.bab, device=run.device)
+            run.note(f"bab input split region {goal.region} polytope {goal.polytope}: {out.status} {out.stats}")
+            if out.status == "violated":
+                cex = out.counterexample
+                run.result.verdict, run.result.counterexample, run.result.method = Verdict.VIOLATED, cex, "bab-input"
+                run.result.reason = f"counterexample confirmed by onnxruntime (region {cex.region}, polytope {cex.polytope})"
+                return True
+            if out.status != "holds":
+                return False
+            goal.proved, goal.method, goal.proof = True, "bab-input", out.log
+    finally:
+        run.timed("bab", t0)
+    return not run.open_goals()
+
+
+def _runner(run: Run):
+    """The onnxruntime session on the original file (created once per run)."""
+    from verifier.model.reference import OnnxRunner
+
+    if run.onnx_runner is None:
+        run.onnx_runner = OnnxRunner(run.model.path)
+    return run.onnx_runner
+
+
+PIPELINE = (step_attack, step_bounds, step_bab)
