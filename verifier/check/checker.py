@@ -1,0 +1,208 @@
+"""The independent certificate checker: structure, coverage, and float64 re-derivation of every leaf.
+
+It trusts nothing in the certificate except as a hint: boxes are derived from the split path,
+alphas and betas are only used if they lie in their sound ranges, and every claimed bound is
+recomputed by the checker's own CROWN (``verifier.check.crown``), which shares no code with the
+bound engine or the search.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from verifier.certificate import FORMAT, VERSION, CertificateError, load_certificate, sha256_file
+from verifier.check.crown import SUPPORTED, Domains, Pass, intermediate_bounds, objective_lower
+from verifier.check.tree import ArrayStore, Leaf, walk
+from verifier.model.graph import Graph
+from verifier.spec.spec import Spec
+
+CLAIM_TOL = 1e-9     # relative slack between a claimed and a re-derived bound
+MAX_REASONS = 20     # failures listed individually before the rest are counted
+BUDGET = 1 << 24     # float64 elements per coefficient tensor (about 128 MiB)
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """The checker's answer: ``ok`` only if every proof is complete and every leaf re-derives > 0."""
+
+    ok: bool
+    reasons: list[str]
+    leaves: int
+    time: float
+    notes: list[str] = field(default_factory=list)
+
+
+def check(graph: Graph, spec: Spec, cert: dict, model_sha256: str | None = None, spec_sha256: str | None = None,
+          strict: bool = False, device: str | torch.device = "cpu") -> CheckReport:
+    """Check certificate ``cert`` (a loaded JSON dict) for ``graph`` and ``spec``.
+
+    With ``strict``, a leaf whose claimed bound exceeds the re-derived one (beyond a 1e-9 relative
+    tolerance) is rejected; by default it is accepted with a note as long as the re-derived bound
+    is > 0 (the claim is then merely optimistic, the proof still holds).
+    """
+    t0 = time.monotonic()
+    reasons, notes, n_leaves = [], [], 0
+    try:
+        _check_header(cert, model_sha256, spec_sha256)
+        _check_support(graph, spec)
+        arrays = ArrayStore(cert.get("arrays", {}))
+        g = graph.to(device=torch.device(device), dtype=torch.float64)
+        for ri, pi, tree in _proofs(cert, spec):
+            region, poly = spec.regions[ri], spec.regions[ri].unsafe[pi]
+            where = f"proof (region {ri}, polytope {pi})"
+            leaves = walk(tree, region.lower.copy(), region.upper.copy(), poly.A.shape[0], graph, arrays, where)
+            n_leaves += len(leaves)
+            _check_leaves(g, poly.A, poly.b, leaves, strict, reasons, notes)
+    except CertificateError as e:
+        reasons.append(str(e))
+    if len(reasons) > MAX_REASONS:
+        reasons = reasons[:MAX_REASONS] + [f"... and {len(reasons) - MAX_REASONS} more failures"]
+    return CheckReport(not reasons, reasons, n_leaves, time.monotonic() - t0, notes)
+
+
+def check_files(model_path: str | Path, spec_path: str | Path, cert_path: str | Path, strict: bool = False,
+                device: str = "cpu") -> CheckReport:
+    """Check a certificate file against the ONNX model and VNN-LIB spec files it names by hash."""
+    from verifier.model.onnx_loader import load_onnx
+    from verifier.spec.vnnlib import load_vnnlib
+
+    t0 = time.monotonic()
+    try:
+        model_hash, spec_hash = sha256_file(model_path), sha256_file(spec_path)
+        cert = load_certificate(cert_path)
+        _check_header(cert, model_hash, spec_hash)
+        model, spec = load_onnx(model_path), load_vnnlib(spec_path)
+    except (OSError, ValueError) as e:      # CertificateError and the loaders' errors are ValueErrors
+        return CheckReport(False, [f"{type(e).__name__}: {e}"], 0, time.monotonic() - t0)
+    return check(model.graph, spec, cert, model_hash, spec_hash, strict=strict, device=device)
+
+
+def _check_header(cert: dict, model_sha256: str | None, spec_sha256: str | None) -> None:
+    """Format, version, verdict, and the model/spec hashes when given."""
+    if not isinstance(cert, dict) or cert.get("format") != FORMAT:
+        raise CertificateError(f"not an {FORMAT} document")
+    if cert.get("version") != VERSION:
+        raise CertificateError(f"certificate version {cert.get('version')!r} is not supported (expected {VERSION})")
+    if cert.get("verdict") != "holds":
+        raise CertificateError(f"certificate verdict is {cert.get('verdict')!r}, only 'holds' can be certified")
+    for what, given in (("model", model_sha256), ("spec", spec_sha256)):
+        if given is not None and cert.get(f"{what}_sha256") != given:
+            raise CertificateError(f"{what} sha256 mismatch: certificate names {cert.get(f'{what}_sha256')!r}, "
+                                   f"the {what} file has {given!r}")
+
+
+def _check_support(graph: Graph, spec: Spec) -> None:
+    """Every op is one the checker bounds; graph and spec agree on input/output counts."""
+    bad = sorted({n.op for n in graph.nodes if n.op not in SUPPORTED})
+    if bad:
+        raise CertificateError(f"checker does not support op {', '.join(bad)}")
+    for n in graph.nodes:
+        if n.op == "leaky_relu" and not float(n.attrs["alpha"]) >= 0:
+            raise CertificateError(f"checker does not support leaky_relu with negative slope (node {n.name})")
+        if n.op in ("conv", "maxpool") and len(n.shape) not in (2, 3):
+            raise CertificateError(f"checker does not support {n.op} on per-sample shape {list(n.shape)} (node {n.name})")
+    if graph.n_inputs != spec.n_inputs or graph.n_outputs != spec.n_outputs:
+        raise CertificateError(f"graph has {graph.n_inputs} inputs / {graph.n_outputs} outputs, the spec "
+                               f"{spec.n_inputs} / {spec.n_outputs}")
+
+
+def _proofs(cert: dict, spec: Spec):
+    """(region, polytope, tree) of every proof, after checking there is exactly one per goal."""
+    proofs = cert.get("proofs")
+    if not isinstance(proofs, list):
+        raise CertificateError("proofs must be a list")
+    wanted = {(r, p) for r, reg in enumerate(spec.regions) for p in range(len(reg.unsafe))}
+    seen = set()
+    for proof in proofs:
+        if not isinstance(proof, dict) or set(proof) != {"region", "polytope", "tree"}:
+            raise CertificateError("each proof needs exactly region, polytope and tree")
+        goal = (proof["region"], proof["polytope"])
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in goal) or goal not in wanted:
+            raise CertificateError(f"proof names (region, polytope) {goal}, which the spec does not have")
+        if goal in seen:
+            raise CertificateError(f"two proofs for (region, polytope) {goal}")
+        seen.add(goal)
+    missing = sorted(wanted - seen)
+    if missing:
+        raise CertificateError(f"no proof for (region, polytope) {', '.join(map(str, missing))}")
+    return [(p["region"], p["polytope"], p["tree"]) for p in proofs]
+
+
+def _check_leaves(graph: Graph, A: np.ndarray, b: np.ndarray, leaves: list[Leaf], strict: bool,
+                  reasons: list[str], notes: list[str]) -> None:
+    """Re-derive the leaves' bounds in chunks and compare them with the claims."""
+    widest = max([graph.n_inputs] + [n.size for n in graph.nodes])
+    chunk = max(1, min(1024, BUDGET // (64 * widest)))
+    for start in range(0, len(leaves), chunk):
+        part = leaves[start:start + chunk]
+        derived = leaf_bounds(graph, A, b, part)
+        for leaf, value in zip(part, derived.tolist()):
+            _judge(leaf, value, strict, reasons, notes)
+
+
+def _judge(leaf: Leaf, value: float, strict: bool, reasons: list[str], notes: list[str]) -> None:
+    """Accept or reject one leaf given its re-derived bound."""
+    if not value > 0:
+        reasons.append(f"{leaf.where}: re-derived bound {value:.6g} of row {leaf.row} is not > 0 "
+                       f"(claimed {leaf.bound:.6g})")
+    elif value < leaf.bound - CLAIM_TOL * (1 + abs(leaf.bound)):
+        msg = f"{leaf.where}: claimed bound {leaf.bound:.9g} exceeds the re-derived {value:.9g}"
+        (reasons if strict else notes).append(msg + ("" if strict else " (still > 0: accepted)"))
+    elif math.isinf(value):
+        notes.append(f"{leaf.where}: the split constraints make this domain empty")
+
+
+def leaf_bounds(graph: Graph, A: np.ndarray, b: np.ndarray, leaves: list[Leaf]) -> torch.Tensor:
+    """Re-derived lower bound [len(leaves)] of each leaf's row ``A_i y - b_i`` (+inf if its domain is empty)."""
+    dev, f64 = _device_of(graph), torch.float64
+    shape = (len(leaves),) + tuple(graph.input_shape)
+    lower = torch.as_tensor(np.stack([lf.lower for lf in leaves]), dtype=f64, device=dev).reshape(shape)
+    upper = torch.as_tensor(np.stack([lf.upper for lf in leaves]), dtype=f64, device=dev).reshape(shape)
+    dom, alphas, betas = _split_tensors(graph, leaves, dev)
+    bounds, empty = intermediate_bounds(graph, Domains(lower, upper, *dom), BUDGET)
+    rows = torch.as_tensor(np.stack([A[lf.row] for lf in leaves]), dtype=f64, device=dev)
+    rhs = torch.as_tensor(np.array([b[lf.row] for lf in leaves]), dtype=f64, device=dev)
+    value = objective_lower(graph, Pass(bounds, alphas, betas), rows, rhs)
+    return torch.where(empty, torch.full_like(value, math.inf), value).cpu()
+
+
+def _device_of(graph: Graph) -> torch.device:
+    """The device of the graph's parameters (cpu for a parameterless graph)."""
+    for n in graph.nodes:
+        for t in n.params.values():
+            if t is not None:
+                return t.device
+    return torch.device("cpu")
+
+
+def _split_tensors(graph: Graph, leaves: list[Leaf], dev):
+    """Split masks per value, alphas (NaN = default) and beta coefficients per relu node."""
+    nodes, B, f64 = graph.node_map, len(leaves), torch.float64
+    inactive, active, alphas, betas = {}, {}, {}, {}
+
+    def slot(table, key, fill, dtype):
+        if key not in table:
+            table[key] = torch.full((B, nodes[key].size if key in nodes else graph.n_inputs), fill, dtype=dtype)
+        return table[key]
+
+    for k, leaf in enumerate(leaves):
+        for j, s in enumerate(leaf.splits):
+            value = nodes[s.node].inputs[0]
+            slot(inactive if s.sign < 0 else active, value, False, torch.bool)[k, s.index] = True
+            if leaf.betas is not None and leaf.betas[j] != 0:
+                slot(betas, s.node, 0.0, f64)[k, s.index] = -leaf.betas[j] * s.sign
+        for name, a in leaf.alphas.items():
+            slot(alphas, name, math.nan, f64)[k] = torch.as_tensor(a.reshape(-1), dtype=f64)
+
+    def shaped(table, shape_of):
+        return {k: v.reshape((B,) + tuple(shape_of(k))).to(dev) for k, v in table.items()}
+
+    value_shape = graph.shape_of
+    node_shape = lambda k: nodes[k].shape  # noqa: E731
+    return ((shaped(inactive, value_shape), shaped(active, value_shape)),
+            shaped(alphas, node_shape), shaped(betas, node_shape))

@@ -1,0 +1,269 @@
+"""The checker's own float64 CROWN: backward linear relaxation over a batch of leaf domains.
+
+Shapes: ``B`` leaf domains, ``m`` linear objectives (rows) per pass, values ``[B, *shape]``,
+coefficients ``A`` of a value ``[B, m, *shape]``. A backward step turns ``A`` on a node's output
+into coefficients on its inputs plus a constant, such that for every point of the domain
+``sum(A * y) >= sum_i sum(A_in_i * x_i) + bias``; at the graph input the linear function is
+minimised over the leaf box.
+
+Domains carry ReLU split constraints. Intermediate bounds (IBP intersected with CROWN) of every
+pre-activation are clamped by the splits (z <= 0: u = min(u, 0); z >= 0: l = max(l, 0)); every
+bound is then valid on the constrained domain, so a bound with l > u (beyond float64 noise)
+proves the domain empty. The objective pass adds ``-beta * s * z`` for each split (s = -1 for
+z <= 0, +1 for z >= 0), a term that is <= 0 on the domain, so the result stays a lower bound.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from verifier.check import relaxation
+from verifier.check.interval import INTERVAL, Interval
+from verifier.model.graph import Graph, Node
+
+NONLINEAR = frozenset({"relu", "leaky_relu", "sigmoid", "tanh", "maxpool"})
+SUPPORTED = frozenset(INTERVAL)
+EMPTY_TOL = 1e-9  # relative margin by which l must exceed u before a domain counts as empty
+
+
+@dataclass(frozen=True)
+class Domains:
+    """A batch of leaf domains: input boxes ``[B, *input_shape]`` and split masks per value."""
+
+    lower: torch.Tensor
+    upper: torch.Tensor
+    inactive: dict[str, torch.Tensor] = field(default_factory=dict)   # value name -> bool [B, *shape]
+    active: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Pass:
+    """What a backward pass needs: bounds of every value, and the objective-only parameters."""
+
+    bounds: dict[str, Interval]
+    alphas: dict[str, torch.Tensor] = field(default_factory=dict)     # relu node -> [B, *shape], NaN = default
+    betas: dict[str, torch.Tensor] = field(default_factory=dict)      # relu node -> -beta*s, [B, *shape]
+    relaxed: dict[str, relaxation.Relaxation] = field(default_factory=dict)  # cache: bounds are final once set
+
+
+def _sum_rows(t: torch.Tensor) -> torch.Tensor:
+    """[B, m, *shape] -> [B, m]."""
+    return t.flatten(2).sum(2)
+
+
+def _back_linear(node: Node, A: torch.Tensor, p: Pass):
+    w, b = node.params["weight"], node.params.get("bias")
+    bias = _sum_rows(A * b) if b is not None else 0.0
+    return [A @ w], bias
+
+
+def _tuple(v, n: int) -> tuple[int, ...]:
+    return tuple(v) if isinstance(v, (tuple, list)) else (int(v),) * n
+
+
+def _back_conv(node: Node, A: torch.Tensor, p: Pass):
+    w, b, a = node.params["weight"], node.params.get("bias"), node.attrs
+    in_shape = p.bounds[node.inputs[0]][0].shape[1:]
+    nd = len(in_shape) - 1
+    stride, pad, dil = _tuple(a["stride"], nd), _tuple(a["padding"], nd), _tuple(a["dilation"], nd)
+    out_sp, k = A.shape[3:], w.shape[2:]
+    extra = tuple(in_shape[1 + i] - ((out_sp[i] - 1) * stride[i] - 2 * pad[i] + dil[i] * (k[i] - 1) + 1)
+                  for i in range(nd))
+    conv_t = {1: F.conv_transpose1d, 2: F.conv_transpose2d}[nd]
+    flat = A.reshape((-1,) + tuple(A.shape[2:]))
+    A_in = conv_t(flat, w, None, stride, pad, extra, a["groups"], dil).reshape(A.shape[:2] + tuple(in_shape))
+    bias = (A.flatten(3).sum(3) * b).sum(2) if b is not None else 0.0
+    return [A_in], bias
+
+
+def _back_affine(node: Node, A: torch.Tensor, p: Pass):
+    return [A * node.params["scale"]], _sum_rows(A * node.params["bias"])
+
+
+def _back_add(node: Node, A: torch.Tensor, p: Pass):
+    return [A, A], 0.0
+
+
+def _back_reshape(node: Node, A: torch.Tensor, p: Pass):
+    in_shape = p.bounds[node.inputs[0]][0].shape[1:]
+    return [A.reshape(A.shape[:2] + tuple(in_shape))], 0.0
+
+
+def _back_gather(node: Node, A: torch.Tensor, p: Pass):
+    """Adjoint of out.flat[k] = x.flat[index[k]]: scatter-add the coefficients back."""
+    in_shape = p.bounds[node.inputs[0]][0].shape[1:]
+    index = node.params["index"].reshape(-1).to(A.device)
+    valid = index >= 0
+    flat = A.flatten(2)
+    A_in = torch.zeros(A.shape[:2] + (math.prod(in_shape),), dtype=A.dtype, device=A.device)
+    A_in.index_add_(2, index[valid], flat[:, :, valid])
+    return [A_in.reshape(A.shape[:2] + tuple(in_shape))], 0.0
+
+
+def _back_concat(node: Node, A: torch.Tensor, p: Pass):
+    axis = node.attrs["axis"] + 2
+    sizes = [p.bounds[i][0].shape[axis - 1] for i in node.inputs]
+    return list(torch.split(A, sizes, dim=axis)), 0.0
+
+
+def _relaxation(node: Node, p: Pass) -> relaxation.Relaxation:
+    """The linear lines of an elementwise nonlinear node at its input bounds (computed once per pass)."""
+    if node.name not in p.relaxed:
+        p.relaxed[node.name] = _relax(node, p)
+    return p.relaxed[node.name]
+
+
+def _relax(node: Node, p: Pass) -> relaxation.Relaxation:
+    l, u = p.bounds[node.inputs[0]]
+    if node.op == "relu":
+        return relaxation.relu(l, u, p.alphas.get(node.name))
+    if node.op == "leaky_relu":
+        return relaxation.leaky_relu(l, u, float(node.attrs["alpha"]))
+    return {"sigmoid": relaxation.sigmoid, "tanh": relaxation.tanh}[node.op](l, u)
+
+
+def _back_elementwise(node: Node, A: torch.Tensor, p: Pass):
+    """Lower line where the coefficient is >= 0, upper line where it is < 0; plus beta terms."""
+    lw, lb, uw, ub = (t.unsqueeze(1) for t in _relaxation(node, p))
+    Ap = A.clamp(min=0)                       # A = Ap + An, so Ap*lw + An*uw = A*uw + Ap*(lw - uw)
+    A_in = A * uw + Ap * (lw - uw)
+    if node.name in p.betas:
+        A_in = A_in + p.betas[node.name].unsqueeze(1)
+    return [A_in], _sum_rows(A * ub + Ap * (lb - ub))
+
+
+def _pair(v, n: int, one: int) -> tuple[int, int]:
+    """A 2-D (h, w) pair from a 1-D or 2-D attribute (1-D ops get ``one`` as the height)."""
+    t = _tuple(v, n)
+    return (one, t[0]) if n == 1 else (t[0], t[1])
+
+
+def _windows(node: Node, in_shape: tuple[int, ...]) -> torch.Tensor:
+    """Flat input index of every window element, [k, L] (-1 for padding), in output order."""
+    a, n = node.attrs, len(in_shape) - 1
+    H, W = (1, in_shape[1]) if n == 1 else in_shape[1:]
+    (kh, kw), (sh, sw) = _pair(a["kernel"], n, 1), _pair(a["stride"], n, 1)
+    (ph, pw), (dh, dw) = _pair(a["padding"], n, 0), _pair(a["dilation"], n, 1)
+    Ho, Wo = (1, node.shape[1]) if n == 1 else node.shape[1:]
+    eh = max(0, (Ho - 1) * sh + dh * (kh - 1) + 1 - (H + 2 * ph))   # ceil_mode windows past the edge
+    ew = max(0, (Wo - 1) * sw + dw * (kw - 1) + 1 - (W + 2 * pw))
+    idx = torch.arange(H * W, dtype=torch.float64).reshape(1, 1, H, W)
+    idx = F.pad(idx, (pw, pw + ew, ph, ph + eh), value=-1.0)
+    win = F.unfold(idx, (kh, kw), dilation=(dh, dw), stride=(sh, sw))[0]
+    Lh = (idx.shape[2] - dh * (kh - 1) - 1) // sh + 1
+    Lw = (idx.shape[3] - dw * (kw - 1) - 1) // sw + 1
+    return win.reshape(kh * kw, Lh, Lw)[:, :Ho, :Wo].reshape(kh * kw, Ho * Wo).long()
+
+
+def _back_maxpool(node: Node, A: torch.Tensor, p: Pass):
+    """max(window) >= x[j*] (j* = argmax of the lower bounds); <= x[j*] if x[j*] dominates, else <= max u."""
+    l, u = p.bounds[node.inputs[0]]
+    win = _windows(node, tuple(l.shape[1:])).to(l.device)
+    B, m, C = A.shape[:3]
+    pad = win < 0
+    lw = l.reshape(B, C, -1)[:, :, win.clamp(min=0)].masked_fill(pad, -math.inf)     # [B, C, k, L]
+    uw = u.reshape(B, C, -1)[:, :, win.clamp(min=0)].masked_fill(pad, -math.inf)
+    l_star, j = lw.max(2)
+    others = uw.scatter(2, j.unsqueeze(2), -math.inf).max(2).values
+    dominated = l_star >= others
+    src = win.expand(B, C, -1, -1).gather(2, j.unsqueeze(2)).squeeze(2)             # [B, C, L]
+    Ap, An = A.clamp(min=0).reshape(B, m, C, -1), A.clamp(max=0).reshape(B, m, C, -1)
+    coef = Ap + An * dominated.unsqueeze(1)
+    top = torch.where(dominated, torch.zeros_like(l_star), uw.max(2).values)
+    A_in = torch.zeros((B, m, C, l[0, 0].numel()), dtype=A.dtype, device=A.device)
+    A_in.scatter_add_(3, src.reshape(B, 1, C, -1).expand(B, m, C, -1), coef)
+    return [A_in.reshape(A.shape[:2] + tuple(l.shape[1:]))], (An * top.unsqueeze(1)).flatten(2).sum(2)
+
+
+BACKWARD: dict[str, Callable] = {
+    "linear": _back_linear, "conv": _back_conv, "affine": _back_affine, "add": _back_add,
+    "reshape": _back_reshape, "gather": _back_gather, "concat": _back_concat, "maxpool": _back_maxpool,
+    "relu": _back_elementwise, "leaky_relu": _back_elementwise,
+    "sigmoid": _back_elementwise, "tanh": _back_elementwise,
+}
+
+
+def backward(graph: Graph, start: str, A: torch.Tensor, p: Pass) -> torch.Tensor:
+    """Lower bounds [B, m] of ``sum(A * value(start))`` over the leaf boxes."""
+    acc = {start: A}
+    bias = torch.zeros(A.shape[:2], dtype=A.dtype, device=A.device)
+    for node in reversed(graph.nodes):
+        if node.name not in acc:
+            continue
+        ins, add = BACKWARD[node.op](node, acc.pop(node.name), p)
+        bias = bias + add
+        for name, A_in in zip(node.inputs, ins):
+            acc[name] = acc[name] + A_in if name in acc else A_in
+    A_x = acc.get(graph.input_name)
+    if A_x is None:
+        return bias
+    l, u = (t.unsqueeze(1) for t in p.bounds[graph.input_name])
+    return bias + _sum_rows(A_x.clamp(min=0) * l + A_x.clamp(max=0) * u)
+
+
+def _needs_bounds(graph: Graph) -> dict[str, bool]:
+    """Values feeding a nonlinear op -> whether all neurons need CROWN (True) or only unstable ones."""
+    need: dict[str, bool] = {}
+    for node in graph.nodes:
+        if node.op in NONLINEAR:
+            v = node.inputs[0]
+            need[v] = need.get(v, False) or node.op not in ("relu", "leaky_relu")
+    return need
+
+
+def _tighten(graph: Graph, name: str, lu: Interval, p: Pass, every: bool, budget: int) -> Interval:
+    """IBP bounds of value ``name`` intersected with CROWN bounds, row chunk by row chunk."""
+    l, u = lu
+    B, shape = l.shape[0], l.shape[1:]
+    fl, fu = l.flatten(1).clone(), u.flatten(1).clone()
+    rows = torch.arange(fl.shape[1], device=l.device) if every else \
+        torch.nonzero(((fl < 0) & (fu > 0)).any(0)).flatten()
+    widest = max([graph.n_inputs] + [n.size for n in graph.nodes])
+    step = max(1, budget // (2 * B * widest))
+    for start in range(0, rows.numel(), step):
+        idx = rows[start:start + step]
+        r = idx.numel()
+        A = torch.zeros((B, 2 * r, fl.shape[1]), dtype=l.dtype, device=l.device)
+        A[:, torch.arange(r), idx] = 1.0
+        A[:, r + torch.arange(r), idx] = -1.0
+        low = backward(graph, name, A.reshape((B, 2 * r) + tuple(shape)), p)
+        fl[:, idx] = torch.maximum(fl[:, idx], low[:, :r])
+        fu[:, idx] = torch.minimum(fu[:, idx], -low[:, r:])
+    return fl.reshape(l.shape), fu.reshape(u.shape)
+
+
+def _clamp(name: str, lu: Interval, dom: Domains, empty: torch.Tensor) -> Interval:
+    """Apply the split constraints on value ``name``; mark domains whose bounds cross as empty."""
+    l, u = lu
+    if name in dom.inactive:
+        u = torch.where(dom.inactive[name], u.clamp(max=0), u)
+    if name in dom.active:
+        l = torch.where(dom.active[name], l.clamp(min=0), l)
+    tol = EMPTY_TOL * (1 + l.abs() + u.abs())
+    empty |= (l > u + tol).flatten(1).any(1)
+    return torch.minimum(l, u), torch.maximum(l, u)
+
+
+def intermediate_bounds(graph: Graph, dom: Domains, budget: int = 1 << 24) -> tuple[dict[str, Interval], torch.Tensor]:
+    """Bounds of every value on each leaf domain, and the mask [B] of domains proved empty."""
+    empty = torch.zeros(dom.lower.shape[0], dtype=torch.bool, device=dom.lower.device)
+    need = _needs_bounds(graph)
+    bounds = {graph.input_name: _clamp(graph.input_name, (dom.lower, dom.upper), dom, empty)}
+    p = Pass(bounds)
+    for node in graph.nodes:
+        lu = INTERVAL[node.op](node, [bounds[i] for i in node.inputs])
+        if node.name in need:
+            lu = _tighten(graph, node.name, lu, p, need[node.name], budget)
+            lu = _clamp(node.name, lu, dom, empty)
+        bounds[node.name] = lu
+    return bounds, empty
+
+
+def objective_lower(graph: Graph, p: Pass, rows: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """Lower bound [B] of ``rows[k] . y - rhs[k]`` on leaf k (rows: [B, n_outputs], rhs: [B])."""
+    A = rows.reshape((rows.shape[0], 1) + tuple(graph.output_shape))
+    return backward(graph, graph.output_name, A, p)[:, 0] - rhs

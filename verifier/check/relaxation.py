@@ -1,0 +1,79 @@
+"""Linear relaxations of the elementwise nonlinear ops on [l, u]: ``lw*z + lb <= f(z) <= uw*z + ub``.
+
+Each rule returns (lw, lb, uw, ub), all ``[B, *shape]``, valid for every z in [l, u]. ReLU and
+leaky ReLU take an optional lower slope ``alpha`` (NaN entries mean "default slope").
+Sigmoid and tanh are convex for z <= 0 and concave for z >= 0: on a one-signed interval the
+chord bounds one side and the tangent at the midpoint the other; on a mixed interval both lines
+have the smallest derivative on the interval as slope (through f(l) below and f(u) above), which
+holds because f(z) - f(l) >= d_min (z - l) and f(u) - f(z) >= d_min (u - z).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+Relaxation = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+_NARROW = 1e-9  # below this width the chord slope is numerically unreliable: use the d_min lines
+
+
+def _default_slope(l: torch.Tensor, u: torch.Tensor, alpha: torch.Tensor | None, low: float, high: float):
+    """Per-neuron lower slope: ``alpha`` where given, else ``high`` if u >= -l else ``low``."""
+    default = torch.where(u >= -l, torch.full_like(l, high), torch.full_like(l, low))
+    if alpha is None:
+        return default
+    return torch.where(torch.isnan(alpha), default, alpha)
+
+
+def relu(l: torch.Tensor, u: torch.Tensor, alpha: torch.Tensor | None = None) -> Relaxation:
+    """ReLU: exact when stable; triangle upper line and slope alpha in [0, 1] below when unstable."""
+    return leaky_relu(l, u, 0.0, alpha)
+
+
+def leaky_relu(l: torch.Tensor, u: torch.Tensor, slope: float, alpha: torch.Tensor | None = None) -> Relaxation:
+    """z if z >= 0 else slope*z (slope >= 0): chord on one side, a line through 0 on the other."""
+    active, inactive = l >= 0, u <= 0
+    unstable = ~(active | inactive)
+    width = torch.where(unstable, u - l, torch.ones_like(l))
+    chord_w = torch.where(unstable, (u - slope * l) / width, torch.zeros_like(l))
+    chord_b = torch.where(unstable, slope * l - chord_w * l, torch.zeros_like(l))
+    lo, hi = min(slope, 1.0), max(slope, 1.0)
+    free = _default_slope(l, u, alpha, lo, hi)          # any slope in [lo, hi] through 0 is valid
+    stable_w = torch.where(active, torch.ones_like(l), torch.full_like(l, slope))
+    zero = torch.zeros_like(l)
+    if slope <= 1:      # convex: chord above, the free line below
+        lw, lb, uw, ub = free, zero, chord_w, chord_b
+    else:               # concave: chord below, the free line above
+        lw, lb, uw, ub = chord_w, chord_b, free, zero
+    lw, uw = torch.where(unstable, lw, stable_w), torch.where(unstable, uw, stable_w)
+    lb, ub = torch.where(unstable, lb, zero), torch.where(unstable, ub, zero)
+    return lw, lb, uw, ub
+
+
+def _s_shaped(f: Callable, df: Callable, l: torch.Tensor, u: torch.Tensor) -> Relaxation:
+    """Sigmoid-like op (convex below 0, concave above, derivative peaking at 0)."""
+    fl, fu = f(l), f(u)
+    d_min = torch.minimum(df(l), df(u))
+    lw, lb, uw, ub = d_min, fl - d_min * l, d_min.clone(), fu - d_min * u
+    wide = (u - l) > _NARROW
+    chord = (fu - fl) / torch.where(wide, u - l, torch.ones_like(l))
+    chord_b = fl - chord * l
+    mid = (l + u) / 2
+    tan_w = df(mid)
+    tan_b = f(mid) - tan_w * mid
+    convex, concave = wide & (u <= 0), wide & (l >= 0)
+    lw, lb = torch.where(convex, tan_w, lw), torch.where(convex, tan_b, lb)
+    uw, ub = torch.where(convex, chord, uw), torch.where(convex, chord_b, ub)
+    lw, lb = torch.where(concave, chord, lw), torch.where(concave, chord_b, lb)
+    uw, ub = torch.where(concave, tan_w, uw), torch.where(concave, tan_b, ub)
+    return lw, lb, uw, ub
+
+
+def sigmoid(l: torch.Tensor, u: torch.Tensor) -> Relaxation:
+    """Sigmoid relaxation."""
+    return _s_shaped(torch.sigmoid, lambda z: torch.sigmoid(z) * (1 - torch.sigmoid(z)), l, u)
+
+
+def tanh(l: torch.Tensor, u: torch.Tensor) -> Relaxation:
+    """Tanh relaxation."""
+    return _s_shaped(torch.tanh, lambda z: 1 - torch.tanh(z) ** 2, l, u)
