@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -19,16 +20,31 @@ def _write(path: str | None, text: str) -> None:
             fh.write(text)
 
 
-def _watchdog(seconds: float, result_file: str | None, as_json: bool, started: float) -> threading.Timer:
+@contextlib.contextmanager
+def _stdout_for_results():
+    """Send anything libraries print (solver banners) to stderr; yield the real stdout's fd."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield saved
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _watchdog(seconds: float, result_file: str | None, as_json: bool, started: float, out_fd: int) -> threading.Timer:
     """A hard stop: if verification overruns its budget, report timeout and exit at once."""
 
     def fire():
         _write(result_file, "timeout\n")
         if as_json:
-            print(json.dumps({"verdict": "timeout", "result": "timeout", "reason": "watchdog: budget overrun",
-                              "time": round(time.monotonic() - started, 3)}), flush=True)
+            text = json.dumps({"verdict": "timeout", "result": "timeout", "reason": "watchdog: budget overrun",
+                               "time": round(time.monotonic() - started, 3)})
         else:
-            print("timeout", flush=True)
+            text = "timeout"
+        os.write(out_fd, (text + "\n").encode())
         os._exit(0)
 
     timer = threading.Timer(max(seconds, 0.1), fire)
@@ -44,11 +60,12 @@ def cmd_verify(args) -> int:
     from verifier.result import Verdict
 
     budget = args.timeout - (time.monotonic() - args.started)
-    timer = _watchdog(budget + 0.5, args.result_file, args.json, args.started)
-    config = VerifyConfig(timeout=max(budget - 0.2, 0.1), method=args.method,
+    config = VerifyConfig(timeout=max(budget - 0.3, 0.1), method=args.method,
                           check_certificates=not args.no_check)
-    result = verify(args.model, args.spec, config)
-    timer.cancel()
+    with _stdout_for_results() as out_fd:
+        timer = _watchdog(budget - 0.05, args.result_file, args.json, args.started, out_fd)
+        result = verify(args.model, args.spec, config)
+        timer.cancel()
     result.timings["process"] = time.monotonic() - args.started
     text = result.vnncomp_text()
     _write(args.result_file, text)
@@ -72,7 +89,7 @@ def cmd_bounds(args) -> int:
     from verifier.portfolio import InputError, load_inputs
 
     try:
-        model, spec = load_inputs(args.model, args.spec)
+        model, spec, _ = load_inputs(args.model, args.spec)
     except InputError as exc:
         print(f"nnverify: error: {exc}", file=sys.stderr)
         return EXIT_ERROR

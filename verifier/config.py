@@ -13,8 +13,8 @@ from typing import Any
 class AttackConfig:
     """PGD falsification inside the input box."""
 
-    restarts: int = 10
-    steps: int = 50
+    restarts: int = 32
+    steps: int = 100
     step_size: float = 0.1  # fraction of the box width per step, decayed
     seed: int = 0
 
@@ -49,16 +49,27 @@ class BabConfig:
 
 
 @dataclass(frozen=True)
+class ExactConfig:
+    """When ``verify`` falls back to exact methods."""
+
+    milp_max_unstable: int = 64   # auto route: MILP only when CROWN leaves at most this many unstable ReLUs
+
+
+@dataclass(frozen=True)
 class VerifyConfig:
     """Everything ``verifier.verify`` needs besides the model and the spec."""
 
     timeout: float = 60.0
     method: str = "auto"  # auto | attack | ibp | crown | alpha | bab | milp | sat
     check_certificates: bool = True
+    # False admits witnesses whose X values lie exactly in the box but that the network's float32
+    # input type rounds (the network sees the rounded value, as onnxruntime does); marked in the result.
+    exact_inputs: bool = False
     seed: int = 0
     attack: AttackConfig = field(default_factory=AttackConfig)
     bounds: BoundsConfig = field(default_factory=BoundsConfig)
     bab: BabConfig = field(default_factory=BabConfig)
+    exact: ExactConfig = field(default_factory=ExactConfig)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "VerifyConfig":

@@ -11,12 +11,19 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import dataclasses
+import logging
+
 import numpy as np
 import torch
 
+from verifier.certify import bound_leaf
 from verifier.config import VerifyConfig
 from verifier.result import Result, Verdict
 from verifier.spec.spec import Spec
+
+
+log = logging.getLogger("nnverify")
 
 
 class InputError(ValueError):
@@ -41,12 +48,15 @@ class Run:
 
     model: object
     spec: Spec
+    spec_sha256: str
     config: VerifyConfig
     deadline: float
     device: torch.device
     result: Result
     goals: list[Goal] = field(default_factory=list)
     onnx_runner: object = None    # onnxruntime on the original file, created on first use
+    intermediate: dict = field(default_factory=dict)  # region -> node bounds from the last bound pass
+    unstable: int | None = None   # unstable ReLU count under the (first) region box, from CROWN
     started: float = field(default_factory=time.monotonic)
 
     def left(self) -> float:
@@ -77,10 +87,14 @@ def load_inputs(model, spec):
     from verifier.model.onnx_loader import ModelLoadError, UnsupportedModelError, load_onnx
     from verifier.spec.vnnlib import VnnlibError, load_vnnlib
 
+    from verifier.certificate import sha256_file
+
+    spec_sha256 = ""
     try:
         if isinstance(model, (str, Path)):
             model = load_onnx(str(model))
         if isinstance(spec, (str, Path)):
+            spec_sha256 = sha256_file(spec)
             spec = load_vnnlib(str(spec))
     except (ModelLoadError, UnsupportedModelError, VnnlibError, OSError) as exc:
         raise InputError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from exc
@@ -89,7 +103,7 @@ def load_inputs(model, spec):
         raise InputError(f"spec declares {spec.n_inputs} inputs X_i but the network has {graph.n_inputs}")
     if spec.n_outputs != graph.n_outputs:
         raise InputError(f"spec declares {spec.n_outputs} outputs Y_j but the network has {graph.n_outputs}")
-    return model, spec
+    return model, spec, spec_sha256
 
 
 def verify(model, spec, config: VerifyConfig | None = None) -> Result:
@@ -98,16 +112,18 @@ def verify(model, spec, config: VerifyConfig | None = None) -> Result:
     t0 = time.monotonic()
     result = Result(Verdict.UNKNOWN)
     try:
-        model, spec = load_inputs(model, spec)
+        model, spec, spec_sha256 = load_inputs(model, spec)
     except InputError as exc:
         result.verdict, result.reason = Verdict.ERROR, str(exc)
         result.timings["total"] = time.monotonic() - t0
         return result
     result.timings["load"] = time.monotonic() - t0
-    run = Run(model, spec, config, t0 + config.timeout, pick_device(config.bounds.device), result)
+    run = Run(model, spec, spec_sha256, config, t0 + config.timeout, pick_device(config.bounds.device), result)
     run.goals = [Goal(r, p) for r, reg in enumerate(spec.regions) for p in range(len(reg.unsafe))]
     try:
-        for step in PIPELINE:
+        result.route, result.route_reason, steps = choose_route(run)
+        run.note(f"route {result.route}: {result.route_reason}")
+        for step in steps:
             if step(run) or run.left() <= 0:
                 break
         _finish(run)
@@ -120,6 +136,35 @@ def verify(model, spec, config: VerifyConfig | None = None) -> Result:
     return result
 
 
+def _certified(run: Run) -> bool:
+    """Check every bound-propagation proof with the independent checker; False demotes to unknown."""
+    from verifier.certify import certify
+
+    proofs = [(g.region, g.polytope, g.proof) for g in run.goals if g.proof is not None]
+    exact = [g for g in run.goals if g.proof is None]
+    if not run.config.check_certificates:
+        run.result.certificate_checked = False
+        run.note("certificate check disabled: holds is unchecked")
+        return True
+    if not proofs:
+        run.result.certificate_checked = False if exact else True
+        return True
+    t0 = time.monotonic()
+    cert, report = certify(run.model.graph, run.spec, run.model.sha256, run.spec_sha256, proofs)
+    run.timed("check", t0)
+    run.note(f"certificate: {report.leaves} leaves, checked in {report.time:.3f}s: {'ok' if report.ok else 'REJECTED'}")
+    if not report.ok:
+        log.error("certificate REJECTED by the independent checker (a bound bug?): %s", "; ".join(report.reasons[:5]))
+        for g in run.goals:
+            g.proved = g.proved and g.proof is None
+        run.result.reason = "certificate rejected by the independent checker: " + "; ".join(report.reasons[:3])
+        run.result.certificate_checked = False
+        return False
+    run.result.certificate = cert
+    run.result.certificate_checked = not exact
+    return True
+
+
 def _finish(run: Run) -> None:
     """Turn the goals' state into the final verdict when no step settled it."""
     res = run.result
@@ -127,7 +172,7 @@ def _finish(run: Run) -> None:
         return
     res.bounds = [{"region": g.region, "polytope": g.polytope, "lower": g.best_lower,
                    "proved": g.proved, "method": g.method} for g in run.goals]
-    if all(g.proved for g in run.goals):
+    if all(g.proved for g in run.goals) and _certified(run):
         res.verdict = Verdict.HOLDS
         res.method = res.method or ", ".join(sorted({g.method for g in run.goals}))
         res.reason = res.reason or "every unsafe region refuted by a sound bound"
@@ -143,20 +188,31 @@ def _finish(run: Run) -> None:
 # Each step takes the run, may settle the verdict (returns True), and records what it did.
 
 
+def step_quick_attack(run: Run) -> bool:
+    """A short attack before bounding: most easy counterexamples fall to a few restarts."""
+    cfg = run.config.attack
+    return _attack(run, dataclasses.replace(cfg, restarts=max(1, cfg.restarts // 4), steps=max(1, cfg.steps // 5)), "quick")
+
+
 def step_attack(run: Run) -> bool:
+    """The full attack, run once bounds alone did not settle the property."""
+    return _attack(run, run.config.attack, "full")
+
+
+def _attack(run: Run, cfg, label: str) -> bool:
     """PGD + random search; a counterexample counts only after onnxruntime confirms it."""
     from verifier.search.attack import attack
 
     t0 = time.monotonic()
-    cex = attack(run.model.graph, run.spec, _runner(run), run.config.attack, deadline=run.deadline, device=run.device)
+    cfg = dataclasses.replace(cfg, seed=cfg.seed + (label == "full"))
+    cex = attack(run.model.graph, run.spec, _runner(run), cfg, deadline=run.deadline, device=run.device,
+                 exact_inputs=run.config.exact_inputs)
     run.timed("attack", t0)
     if cex is None:
-        run.note("attack: no counterexample")
+        run.note(f"attack ({label}): no counterexample")
         return False
-    run.result.verdict, run.result.counterexample, run.result.method = Verdict.VIOLATED, cex, "attack"
-    run.result.reason = f"counterexample confirmed by onnxruntime (region {cex.region}, polytope {cex.polytope})"
     run.note(f"attack: counterexample, margin {cex.margin:.3g}")
-    return True
+    return _violated(run, cex, "attack")
 
 
 def region_objective(spec: Spec, region: int, goals: list[Goal]):
@@ -197,37 +253,48 @@ def _bound_region(run: Run, region: int, method: str) -> None:
     reg = run.spec.regions[region]
     dtype = getattr(torch, run.config.bounds.dtype)
     engine = BoundEngine(graph, device=run.device, dtype=dtype)
-    box = [torch.as_tensor(v, dtype=dtype, device=run.device).reshape((1,) + graph.input_shape)
+    box = [torch.tensor(v, dtype=dtype, device=run.device).reshape((1,) + graph.input_shape)
            for v in (reg.lower, reg.upper)]
     Ct = torch.as_tensor(C, dtype=dtype, device=run.device).unsqueeze(0)
     res = engine.compute(box[0], box[1], Ct, method=method, alpha=run.config.bounds.alpha)
+    run.intermediate[region] = res.intermediate
+    if run.unstable is None:
+        run.unstable = count_unstable(graph, res.intermediate)
     margin = res.lower[0].double().cpu().numpy() - b
     for g, sl in zip(goals, slices):
-        best = float(margin[sl].max())
+        if sl.stop == sl.start:
+            continue  # no output constraint: the whole box is unsafe, only a counterexample settles it
+        row = int(np.argmax(margin[sl]))
+        best = float(margin[sl][row])
         g.best_lower = max(g.best_lower, best)
-        if best > 0 and _recheck(run, region, g):
+        if best > 0:
+            alphas = _row_alphas(graph, res.alphas, sl.start + row)
             g.proved, g.method = True, method
+            g.proof = bound_leaf(row, best, reg.lower, reg.upper, alphas)
 
 
-def _recheck(run: Run, region: int, goal: Goal) -> bool:
-    """Re-derive the goal's bound with CROWN in float64; True iff it still proves the goal."""
-    from verifier.bounds import BoundEngine
+def _row_alphas(graph, alphas, row: int) -> dict[str, np.ndarray]:
+    """The relu lower-bound slopes the engine used for spec row ``row`` (for the certificate)."""
+    from verifier.bounds import SPEC
 
-    if not run.config.check_certificates:
-        run.result.certificate_checked = False
-        return True
-    graph, reg = run.model.graph, run.spec.regions[region]
-    poly = reg.unsafe[goal.polytope]
-    engine = BoundEngine(graph, device=run.device, dtype=torch.float64)
-    box = [torch.as_tensor(v, dtype=torch.float64, device=run.device).reshape((1,) + graph.input_shape)
-           for v in (reg.lower, reg.upper)]
-    C = torch.as_tensor(poly.A, dtype=torch.float64, device=run.device).unsqueeze(0)
-    res = engine.compute(box[0], box[1], C, method="alpha", alpha=run.config.bounds.alpha)
-    ok = bool((res.lower[0].cpu().numpy() - poly.b).max() > 0)
-    run.result.certificate_checked = ok if run.result.certificate_checked in (None, True) else False
-    if not ok:
-        run.note(f"float64 re-check failed for region {region} polytope {goal.polytope}")
-    return ok
+    if not alphas or SPEC not in alphas:
+        return {}
+    ops = {n.name: n.op for n in graph.nodes}
+    out = {}
+    for name, slopes in alphas[SPEC].slopes.items():
+        if ops.get(name) == "relu":
+            out[name] = slopes[0, row if slopes.shape[1] > 1 else 0].detach().double().cpu().numpy()
+    return out
+
+
+def count_unstable(graph, intermediate) -> int:
+    """ReLU-like neurons whose input interval straddles 0 (these need a relaxation or a binary)."""
+    total = 0
+    for node in graph.nodes:
+        if node.op in ("relu", "leaky_relu") and node.inputs[0] in intermediate:
+            lo, hi = intermediate[node.inputs[0]]
+            total += int(((lo < 0) & (hi > 0)).sum())
+    return total
 
 
 def step_bab(run: Run) -> bool:
@@ -248,13 +315,10 @@ def step_bab(run: Run) -> bool:
             reg = run.spec.regions[goal.region]
             poly = reg.unsafe[goal.polytope]
             out = input_split(engine, graph, reg.lower, reg.upper, poly.A, poly.b,
-                              lambda x: validate(runner, run.spec, x), run.deadline, run.config.bab, device=run.device)
+                              lambda x: validate(runner, run.spec, x, "bab", exact_inputs=run.config.exact_inputs), run.deadline, run.config.bab, device=run.device)
             run.note(f"bab input split region {goal.region} polytope {goal.polytope}: {out.status} {out.stats}")
             if out.status == "violated":
-                cex = out.counterexample
-                run.result.verdict, run.result.counterexample, run.result.method = Verdict.VIOLATED, cex, "bab-input"
-                run.result.reason = f"counterexample confirmed by onnxruntime (region {cex.region}, polytope {cex.polytope})"
-                return True
+                return _violated(run, out.counterexample, "bab-input")
             if out.status != "holds":
                 return False
             goal.proved, goal.method, goal.proof = True, "bab-input", out.log
@@ -272,4 +336,91 @@ def _runner(run: Run):
     return run.onnx_runner
 
 
-PIPELINE = (step_attack, step_bounds, step_bab)
+def step_milp(run: Run) -> bool:
+    """Exact MILP on each open goal, when the network is small enough (or MILP was asked for)."""
+    from verifier.counterexample import validate
+    from verifier.exact.milp import MilpUnsupported, verify_milp
+
+    unstable = run.unstable
+    if run.config.method == "auto" and (unstable is None or unstable > run.config.exact.milp_max_unstable):
+        run.note(f"milp: skipped ({unstable} unstable neurons > {run.config.exact.milp_max_unstable})")
+        return False
+    t0 = time.monotonic()
+    try:
+        for goal in run.open_goals():
+            reg = run.spec.regions[goal.region]
+            bounds = run.intermediate.get(goal.region)
+            try:
+                out = verify_milp(run.model.graph, reg, reg.unsafe[goal.polytope], bounds=bounds, timeout=max(run.left(), 0.1))
+            except MilpUnsupported as exc:
+                run.note(f"milp: {exc}")
+                return False
+            run.note(f"milp region {goal.region} polytope {goal.polytope}: {out.status} ({out.backend}; {out.reason})")
+            if out.status == "violated":
+                cex = validate(_runner(run), run.spec, out.x, "milp", exact_inputs=run.config.exact_inputs)
+                if cex is not None:
+                    return _violated(run, cex, "milp")
+                run.note("milp: solver witness not confirmed by onnxruntime")
+                return False
+            if out.status != "holds":
+                return False
+            goal.proved, goal.method, goal.best_lower = True, f"milp-{out.backend}", max(goal.best_lower, out.bound or 0.0)
+            run.result.certificate_checked = False  # MILP optimality is the solver's word; no checker yet
+    finally:
+        run.timed("milp", t0)
+    return not run.open_goals()
+
+
+def step_sat(run: Run) -> bool:
+    """Binarized network: exact SAT encoding; UNSAT proves holds, a model is re-validated."""
+    from verifier.counterexample import validate
+    from verifier.exact.bnn_sat import verify_bnn_spec
+
+    t0 = time.monotonic()
+    out = verify_bnn_spec(run.model.graph, run.spec, timeout=max(run.left(), 0.1))
+    run.timed("sat", t0)
+    run.note(f"sat: {out.status} ({out.reason})")
+    if out.status == "violated":
+        cex = validate(_runner(run), run.spec, out.x, "sat", exact_inputs=run.config.exact_inputs)
+        if cex is not None:
+            return _violated(run, cex, "sat")
+        run.note("sat: witness not confirmed by onnxruntime")
+    elif out.status == "holds":
+        for g in run.goals:
+            g.proved, g.method = True, "sat"
+        run.result.certificate_checked = False  # UNSAT is the SAT solver's word (no DRAT checker installed)
+        return True
+    run.result.reason = out.reason
+    return False
+
+
+def _violated(run: Run, cex, method: str) -> bool:
+    """Record a confirmed counterexample as the verdict."""
+    run.result.verdict, run.result.counterexample, run.result.method = Verdict.VIOLATED, cex, method
+    run.result.reason = f"counterexample confirmed by onnxruntime (region {cex.region}, polytope {cex.polytope})"
+    return True
+
+
+ROUTES = {
+    "attack": (step_attack,),
+    "ibp": (step_quick_attack, step_bounds), "crown": (step_quick_attack, step_bounds),
+    "alpha": (step_quick_attack, step_bounds),
+    "bab": (step_quick_attack, step_bounds, step_attack, step_bab),
+    "milp": (step_quick_attack, step_bounds, step_milp),
+    "sat": (step_sat,),
+    "bounds": (step_quick_attack, step_bounds, step_attack, step_bab, step_milp),
+}
+
+
+def choose_route(run: Run):
+    """(route name, reason, steps): SAT for binarized nets, else attack + bounds + BaB + MILP."""
+    from verifier.exact.bnn_sat import bnn_reason, recognise_bnn
+
+    method, graph = run.config.method, run.model.graph
+    if method != "auto":
+        return method, f"--method {method}", ROUTES[method]
+    if recognise_bnn(graph) is not None:
+        return "sat", "binarized network (sign activations, +-1 weights): exact SAT encoding", ROUTES["sat"]
+    ops = sorted({n.op for n in graph.nodes})
+    why = f"{graph.n_inputs} inputs, ops {', '.join(ops)}; not binarized ({bnn_reason(graph)})"
+    return "bounds", why, ROUTES["bounds"]
