@@ -1,0 +1,1 @@
+"""Soundness suite: instances with planted, attack-hidden counterexamples plus MILP-decided ones."""
