@@ -69,6 +69,7 @@ def cmd_verify(args) -> int:
     result.timings["process"] = time.monotonic() - args.started
     text = result.vnncomp_text()
     _write(args.result_file, text)
+    _write_evidence(result, args.certificate, args.counterexample)
     if args.json:
         print(json.dumps(result.to_json(), default=float))
     else:
@@ -81,11 +82,24 @@ def cmd_verify(args) -> int:
     return 0
 
 
+def _write_evidence(result, certificate_path: str | None, counterexample_path: str | None) -> None:
+    """Save the holds certificate / the violated counterexample record where asked."""
+    if certificate_path and result.certificate is not None:
+        from verifier.certificate import save_certificate
+
+        save_certificate(result.certificate, certificate_path)
+    if counterexample_path and result.counterexample is not None:
+        from verifier.counterexample import to_json
+
+        _write(counterexample_path, json.dumps(to_json(result.counterexample), indent=1) + "\n")
+
+
 def cmd_bounds(args) -> int:
     """Print per-constraint lower bounds of the spec's unsafe polytopes."""
     import torch
 
     from verifier.bounds import BoundEngine
+    from verifier.bounds.box import outward_box
     from verifier.portfolio import InputError, load_inputs
 
     try:
@@ -96,8 +110,7 @@ def cmd_bounds(args) -> int:
     graph = model.graph
     engine = BoundEngine(graph)
     for ri, region in enumerate(spec.regions):
-        lo, hi = (torch.as_tensor(v, dtype=torch.float32).reshape((1,) + graph.input_shape)
-                  for v in (region.lower, region.upper))
+        lo, hi = outward_box(region.lower, region.upper, torch.float32, None, (1,) + graph.input_shape)
         for pi, poly in enumerate(region.unsafe):
             t0 = time.monotonic()
             res = engine.compute(lo, hi, torch.as_tensor(poly.A, dtype=torch.float32).unsqueeze(0), method=args.method)
@@ -106,6 +119,28 @@ def cmd_bounds(args) -> int:
             print(f"region {ri} polytope {pi} [{args.method}, {time.monotonic() - t0:.3f}s] "
                   f"lower(A y - b): {cells}  -> {'refuted' if margins.max() > 0 else 'open'}")
     return 0
+
+
+def cmd_check(args) -> int:
+    """Re-validate a certificate with the independent float64 checker."""
+    from verifier.check import check_files
+
+    report = check_files(args.model, args.spec, args.certificate, strict=args.strict)
+    print(f"{'ok' if report.ok else 'REJECTED'}: {report.leaves} leaves checked in {report.time:.3f}s")
+    for line in report.reasons:
+        print(f"  reason: {line}")
+    for line in report.notes[:20]:
+        print(f"  note: {line}")
+    return 0 if report.ok else 1
+
+
+def cmd_soundness(args) -> int:
+    """Generate or run the soundness suite (planted counterexamples + exact ground truth)."""
+    if args.action == "generate":
+        from benchmarks.soundness.generate import main as run_main
+    else:
+        from benchmarks.soundness.run import main as run_main
+    return run_main(args.rest)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--timeout", type=float, default=60.0, help="wall-clock budget in seconds (default 60)")
     v.add_argument("--result-file", help="also write the VNN-COMP result block to this file")
     v.add_argument("--json", action="store_true", help="print the full result as JSON")
+    v.add_argument("--certificate", help="write the checked certificate of a holds verdict here (JSON)")
+    v.add_argument("--counterexample", help="write the counterexample record of a violated verdict here (JSON)")
     v.add_argument("--method", default="auto", choices=["auto", "attack", "ibp", "crown", "alpha", "bab", "milp", "sat"])
     v.add_argument("--no-check", action="store_true", help="skip the float64 re-check of holds (labelled unchecked)")
     v.set_defaults(func=cmd_verify)
@@ -126,6 +163,16 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("spec")
     b.add_argument("--method", default="crown", choices=["ibp", "crown", "alpha"])
     b.set_defaults(func=cmd_bounds)
+    c = sub.add_parser("check", help="re-validate a holds certificate with the independent float64 checker")
+    c.add_argument("model")
+    c.add_argument("spec")
+    c.add_argument("certificate")
+    c.add_argument("--strict", action="store_true", help="also reject leaves whose claimed bound exceeds the re-derived one")
+    c.set_defaults(func=cmd_check)
+    sb = sub.add_parser("soundness", help="soundness suite: `generate DIR [--tier ci|nightly]` or `run DIR`")
+    sb.add_argument("action", choices=["generate", "run"])
+    sb.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of the action (see --help of each)")
+    sb.set_defaults(func=cmd_soundness)
     return ap
 
 

@@ -35,6 +35,8 @@ class CheckReport:
     leaves: int
     time: float
     notes: list[str] = field(default_factory=list)
+    # leaves whose re-derived bound is not > 0: (region, polytope, leaf); a prover may split them further
+    weak: list[tuple[int, int, Leaf]] = field(default_factory=list)
 
 
 def check(graph: Graph, spec: Spec, cert: dict, model_sha256: str | None = None, spec_sha256: str | None = None,
@@ -46,7 +48,7 @@ def check(graph: Graph, spec: Spec, cert: dict, model_sha256: str | None = None,
     is > 0 (the claim is then merely optimistic, the proof still holds).
     """
     t0 = time.monotonic()
-    reasons, notes, n_leaves = [], [], 0
+    reasons, notes, weak, n_leaves = [], [], [], 0
     try:
         _check_header(cert, model_sha256, spec_sha256)
         _check_support(graph, spec)
@@ -57,12 +59,13 @@ def check(graph: Graph, spec: Spec, cert: dict, model_sha256: str | None = None,
             where = f"proof (region {ri}, polytope {pi})"
             leaves = walk(tree, region.lower.copy(), region.upper.copy(), poly.A.shape[0], graph, arrays, where)
             n_leaves += len(leaves)
-            _check_leaves(g, poly.A, poly.b, leaves, strict, reasons, notes)
+            failed = _check_leaves(g, poly.A, poly.b, leaves, strict, reasons, notes)
+            weak.extend((ri, pi, leaf) for leaf in failed)
     except CertificateError as e:
         reasons.append(str(e))
     if len(reasons) > MAX_REASONS:
         reasons = reasons[:MAX_REASONS] + [f"... and {len(reasons) - MAX_REASONS} more failures"]
-    return CheckReport(not reasons, reasons, n_leaves, time.monotonic() - t0, notes)
+    return CheckReport(not reasons, reasons, n_leaves, time.monotonic() - t0, notes, weak)
 
 
 def check_files(model_path: str | Path, spec_path: str | Path, cert_path: str | Path, strict: bool = False,
@@ -134,15 +137,19 @@ def _proofs(cert: dict, spec: Spec):
 
 
 def _check_leaves(graph: Graph, A: np.ndarray, b: np.ndarray, leaves: list[Leaf], strict: bool,
-                  reasons: list[str], notes: list[str]) -> None:
-    """Re-derive the leaves' bounds in chunks and compare them with the claims."""
+                  reasons: list[str], notes: list[str]) -> list[Leaf]:
+    """Re-derive the leaves' bounds in chunks and compare them with the claims; the leaves not > 0."""
     widest = max([graph.n_inputs] + [n.size for n in graph.nodes])
     chunk = max(1, min(1024, BUDGET // (64 * widest)))
+    failed: list[Leaf] = []
     for start in range(0, len(leaves), chunk):
         part = leaves[start:start + chunk]
         derived = leaf_bounds(graph, A, b, part)
         for leaf, value in zip(part, derived.tolist()):
             _judge(leaf, value, strict, reasons, notes)
+            if not value > 0:
+                failed.append(leaf)
+    return failed
 
 
 def _judge(leaf: Leaf, value: float, strict: bool, reasons: list[str], notes: list[str]) -> None:

@@ -15,6 +15,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from verifier.bounds.box import outward_box
 from verifier.config import BabConfig
 
 
@@ -46,7 +47,8 @@ def _subtree(node: int, children: dict, leaves: dict) -> dict:
             stack.extend([(low, kids[0]), (high, kids[1])])
         else:
             row, bound, lo, hi = leaves[ident]
-            slot["leaf"] = {"row": int(row), "bound": float(bound), "box": [lo, hi], "alphas": {}, "betas": None}
+            # no explicit box: the checker derives it in float64 from the region box and the split points
+            slot["leaf"] = {"row": int(row), "bound": float(bound), "box": None, "alphas": {}, "betas": None}
     return root
 
 
@@ -74,8 +76,8 @@ def input_split(engine, graph, lower: np.ndarray, upper: np.ndarray, A: np.ndarr
                 device=None, dtype=torch.float32) -> SplitOutcome:
     """Prove ``A f(x) <= b`` unreachable over the box, or find a validated counterexample."""
     t0 = time.monotonic()
-    tensor = lambda a: torch.as_tensor(np.asarray(a), dtype=dtype, device=device)
-    lo, hi = tensor(lower).reshape(1, -1), tensor(upper).reshape(1, -1)
+    tensor = lambda a: torch.tensor(np.asarray(a), dtype=dtype, device=device)
+    lo, hi = outward_box(lower, upper, dtype, device, (1, -1))
     root_width = (hi - lo)[0]
     C, bt = tensor(A).unsqueeze(0), tensor(b)
     ids = torch.zeros(1, dtype=torch.long, device=device)
