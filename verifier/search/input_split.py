@@ -105,8 +105,8 @@ def input_split(engine, graph, lower: np.ndarray, upper: np.ndarray, A: np.ndarr
         cex = _try_centres(graph, blo, bhi, C, bt, validate)
         if cex is not None:
             return SplitOutcome("violated", cex, log, _stats(visited, lo.shape[0], max_depth, t0))
-        g = grad[open_] if grad is not None else None
-        dims = choose_dims(blo, bhi, root_width, g)
+        rows = C[0][row[open_]]
+        dims = choose_dims(blo, bhi, root_width, sensitivity(graph, blo, bhi, rows))
         if bool(((bhi - blo).gather(1, dims[:, None]) <= 0).any()):
             return SplitOutcome("unknown", log=log, stats=_stats(visited, lo.shape[0], max_depth, t0, "point box not proved"))
         mid = (blo.gather(1, dims[:, None]) + bhi.gather(1, dims[:, None])) / 2
@@ -126,16 +126,19 @@ def input_split(engine, graph, lower: np.ndarray, upper: np.ndarray, A: np.ndarr
 
 
 def _bound(engine, graph, lo, hi, C, b, method):
-    """Lower bounds of the margin rows [N, m], and |d best-row bound / d lower| [N, n] when cheap."""
+    """Lower bounds of the margin rows [N, m] (no gradient: ``sensitivity`` supplies the split score)."""
     shape = (lo.shape[0],) + tuple(graph.input_shape)
-    res = engine.compute(lo.reshape(shape), hi.reshape(shape), C, method=method)
-    margin = res.lower - b
-    A = getattr(res, "input_A", None)
-    grad = None
-    if A is not None:
-        row = margin.argmax(dim=1)
-        grad = A.reshape(A.shape[0], A.shape[1], -1)[torch.arange(A.shape[0]), row]
-    return margin, grad
+    res = engine.compute(lo.reshape(shape), hi.reshape(shape), C, method=method, want_upper=False)
+    return res.lower - b, None
+
+
+def sensitivity(graph, lo: torch.Tensor, hi: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """|d (row . f(x)) / dx| at each box centre [N, n]: how much each input moves the row to prove."""
+    x = ((lo + hi) / 2).detach().requires_grad_(True)
+    with torch.enable_grad():
+        y = graph.forward(x.reshape((x.shape[0],) + tuple(graph.input_shape))).reshape(x.shape[0], -1)
+        (y * rows).sum().backward()
+    return x.grad.abs()
 
 
 def _try_centres(graph, lo, hi, C, b, validate):
