@@ -35,6 +35,11 @@ class BoundsConfig:
 
     device: str = "auto"  # "auto" = cuda when available, else cpu
     dtype: str = "float32"
+    # torch CPU threads during verify (restored after): 0 = auto, i.e. 1 for graphs under
+    # ``small_graph_params`` parameters (small ops gain nothing from threads and lose a lot
+    # when cores are shared), else torch's default
+    threads: int = 0
+    small_graph_params: int = 1_000_000
     alpha: AlphaConfig = field(default_factory=AlphaConfig)
 
 

@@ -11,6 +11,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import contextlib
 import dataclasses
 import logging
 
@@ -56,7 +57,7 @@ class Run:
     result: Result
     goals: list[Goal] = field(default_factory=list)
     onnx_runner: object = None    # onnxruntime on the original file, created on first use
-    engines: dict = field(default_factory=dict)  # bound engines (prepared weights), created on first use
+    engine: object = None         # the bound engine (prepared weights), created on first use
     intermediate: dict = field(default_factory=dict)  # region -> node bounds from the last bound pass
     unstable: int | None = None   # unstable ReLU count under the (first) region box, from CROWN
     started: float = field(default_factory=time.monotonic)
@@ -123,12 +124,8 @@ def verify(model, spec, config: VerifyConfig | None = None) -> Result:
     run = Run(model, spec, spec_sha256, config, t0 + config.timeout, pick_device(config.bounds.device), result)
     run.goals = [Goal(r, p) for r, reg in enumerate(spec.regions) for p in range(len(reg.unsafe))]
     try:
-        result.route, result.route_reason, steps = choose_route(run)
-        run.note(f"route {result.route}: {result.route_reason}")
-        for step in steps:
-            if step(run) or run.left() <= 0:
-                break
-        _finish(run)
+        with cpu_threads(_threads(run)):
+            _run_route(run)
     except Exception as exc:  # a bug or resource failure must not take the caller down
         result.verdict, result.counterexample = Verdict.ERROR, None
         result.reason = f"internal error: {type(exc).__name__}: {exc}"
@@ -136,6 +133,38 @@ def verify(model, spec, config: VerifyConfig | None = None) -> Result:
     finally:
         result.timings["total"] = time.monotonic() - t0
     return result
+
+
+@contextlib.contextmanager
+def cpu_threads(n: int):
+    """Use ``n`` torch CPU threads inside the block (0: leave as is), then restore."""
+    before = torch.get_num_threads()
+    if n > 0:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _threads(run: Run) -> int:
+    """The thread count for this run (``BoundsConfig.threads``; 0 = auto by graph size)."""
+    cfg = run.config.bounds
+    if cfg.threads:
+        return cfg.threads
+    params = sum(t.numel() for n in run.model.graph.nodes for t in n.params.values() if t is not None)
+    return 1 if params < cfg.small_graph_params else 0
+
+
+def _run_route(run: Run) -> None:
+    """Choose the route and run its steps until one settles the verdict or the budget ends."""
+    result = run.result
+    result.route, result.route_reason, steps = choose_route(run)
+    run.note(f"route {result.route}: {result.route_reason}; {torch.get_num_threads()} torch threads")
+    for step in steps:
+        if step(run) or run.left() <= 0:
+            break
+    _finish(run)
 
 
 def _certified(run: Run) -> bool:
@@ -178,7 +207,7 @@ def _repair(run: Run, weak) -> bool:
     """Replace each weak input-box leaf by a split whose halves input splitting re-proves."""
     from verifier.search.input_split import input_split
 
-    engine = _engine(run, split=True)
+    engine = _engine(run)
     for region, polytope, leaf in weak:
         if leaf.splits or run.left() <= 0:
             return False
@@ -357,7 +386,7 @@ def step_bab(run: Run) -> bool:
     if run.config.method == "auto":
         run.note(f"bab: input splitting ({graph.n_inputs} inputs)")
     runner = _runner(run)
-    engine = _engine(run, split=True)
+    engine = _engine(run)
     t0 = time.monotonic()
     try:
         for goal in run.open_goals():
@@ -376,20 +405,13 @@ def step_bab(run: Run) -> bool:
     return not run.open_goals()
 
 
-def _engine(run: Run, split: bool = False):
-    """The bound engine for this run's graph, device and dtype (created once per run and kind).
-
-    ``split``: the engine for input-split domains, whose intermediate bounds come from the forward
-    linear pass alone (no backward pass per layer): on small inputs it is about as tight and 10-20x
-    cheaper; the final spec rows still get a backward CROWN pass.
-    """
+def _engine(run: Run):
+    """The bound engine for this run's graph, device and dtype (created once per run)."""
     from verifier.bounds import BoundEngine
 
-    if split not in run.engines:
-        kw = {"backward_budget": 0} if split else {}
-        run.engines[split] = BoundEngine(run.model.graph, device=run.device,
-                                         dtype=getattr(torch, run.config.bounds.dtype), **kw)
-    return run.engines[split]
+    if run.engine is None:
+        run.engine = BoundEngine(run.model.graph, device=run.device, dtype=getattr(torch, run.config.bounds.dtype))
+    return run.engine
 
 
 def _runner(run: Run):
