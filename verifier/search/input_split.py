@@ -24,12 +24,12 @@ class SplitLog:
     """The proof: splits (parent id, dim, at, low id, high id) and proved leaves."""
 
     splits: list[tuple[int, int, float, int, int]] = field(default_factory=list)
-    leaves: list[tuple[int, int, float, np.ndarray, np.ndarray]] = field(default_factory=list)
+    leaves: list[tuple[int, int, float]] = field(default_factory=list)   # (id, row, claimed bound)
 
     def tree(self, root: int = 0) -> dict:
         """The certificate TREE (see docs/certificate.md) rooted at domain ``root``."""
         children = {p: (d, at, lo, hi) for p, d, at, lo, hi in self.splits}
-        leaves = {i: (row, bound, lo, hi) for i, row, bound, lo, hi in self.leaves}
+        leaves = {i: (row, bound) for i, row, bound in self.leaves}
         return _subtree(root, children, leaves)
 
 
@@ -46,7 +46,7 @@ def _subtree(node: int, children: dict, leaves: dict) -> dict:
             slot["children"] = kids
             stack.extend([(low, kids[0]), (high, kids[1])])
         else:
-            row, bound, lo, hi = leaves[ident]
+            row, bound = leaves[ident]
             # no explicit box: the checker derives it in float64 from the region box and the split points
             slot["leaf"] = {"row": int(row), "bound": float(bound), "box": None, "alphas": {}, "betas": None}
     return root
@@ -66,9 +66,60 @@ def choose_dims(lower: torch.Tensor, upper: torch.Tensor, root_width: torch.Tens
                 grad: torch.Tensor | None) -> torch.Tensor:
     """Split dimension per domain: largest |d bound / d x| * width, else largest relative width."""
     width = upper - lower
-    score = width * grad.abs() if grad is not None else width / root_width.clamp(min=1e-12)
+    if grad is None:
+        score = width / root_width.clamp(min=1e-12)
+    else:  # plus a share of relative width: a dim that looks flat at the centre is not ignored forever
+        def unit(t):
+            return t / t.max(dim=1, keepdim=True).values.clamp(min=1e-30)
+        score = unit(width * grad.abs()) + 0.25 * unit(width / root_width.clamp(min=1e-12))
     score = torch.where(width > 0, score, torch.full_like(score, -1.0))
     return score.argmax(dim=1)
+
+
+@dataclass
+class Pending:
+    """Domains waiting to be bounded: boxes [N, n], ids, depths, and their parents' node bounds.
+
+    A child box lies inside its parent's, so the parent's bounds of every node stay valid for it;
+    handing them to the engine keeps neurons the parent had already stabilised out of its
+    CROWN passes (only unstable neurons get backward rows).
+    """
+
+    lo: torch.Tensor
+    hi: torch.Tensor
+    ids: torch.Tensor
+    depth: torch.Tensor
+    inter: dict | None = None
+
+    def __len__(self) -> int:
+        return self.lo.shape[0]
+
+    def pop(self, n: int) -> "Pending":
+        """Remove and return the last ``n`` domains (depth-first: memory stays small)."""
+        out = Pending(self.lo[-n:], self.hi[-n:], self.ids[-n:], self.depth[-n:],
+                      None if self.inter is None else {k: (l[-n:], u[-n:]) for k, (l, u) in self.inter.items()})
+        self.lo, self.hi, self.ids, self.depth = self.lo[:-n], self.hi[:-n], self.ids[:-n], self.depth[:-n]
+        if self.inter is not None:
+            self.inter = {k: (l[:-n], u[:-n]) for k, (l, u) in self.inter.items()}
+        return out
+
+    def select(self, mask: torch.Tensor) -> "Pending":
+        """The domains where ``mask`` is true."""
+        inter = None if self.inter is None else {k: (l[mask], u[mask]) for k, (l, u) in self.inter.items()}
+        return Pending(self.lo[mask], self.hi[mask], self.ids[mask], self.depth[mask], inter)
+
+    def push(self, part: "Pending") -> None:
+        """Append domains; node bounds are kept only while every domain has them (else dropped)."""
+        empty = len(self) == 0
+        if empty:
+            self.inter = part.inter
+        elif self.inter is not None and part.inter is not None:
+            self.inter = {k: (torch.cat([l, part.inter[k][0]]), torch.cat([u, part.inter[k][1]]))
+                          for k, (l, u) in self.inter.items()}
+        else:
+            self.inter = None
+        self.lo, self.hi = torch.cat([self.lo, part.lo]), torch.cat([self.hi, part.hi])
+        self.ids, self.depth = torch.cat([self.ids, part.ids]), torch.cat([self.depth, part.depth])
 
 
 def input_split(engine, graph, lower: np.ndarray, upper: np.ndarray, A: np.ndarray, b: np.ndarray,
@@ -76,60 +127,62 @@ def input_split(engine, graph, lower: np.ndarray, upper: np.ndarray, A: np.ndarr
                 device=None, dtype=torch.float32) -> SplitOutcome:
     """Prove ``A f(x) <= b`` unreachable over the box, or find a validated counterexample."""
     t0 = time.monotonic()
-    tensor = lambda a: torch.tensor(np.asarray(a), dtype=dtype, device=device)
     lo, hi = outward_box(lower, upper, dtype, device, (1, -1))
     root_width = (hi - lo)[0]
-    C, bt = tensor(A).unsqueeze(0), tensor(b)
-    ids = torch.zeros(1, dtype=torch.long, device=device)
+    C, bt = torch.tensor(A, dtype=dtype, device=device).unsqueeze(0), torch.tensor(b, dtype=dtype, device=device)
+    zero = torch.zeros(1, dtype=torch.long, device=device)
+    queue = Pending(lo, hi, zero, zero.clone())
     log, next_id, visited, max_depth = SplitLog(), 1, 0, 0
-    depth = torch.zeros(1, dtype=torch.long, device=device)
-    while lo.shape[0]:
+    while len(queue):
         if time.monotonic() >= deadline:
-            return SplitOutcome("timeout", log=log, stats=_stats(visited, lo.shape[0], max_depth, t0))
-        if lo.shape[0] > config.max_domains:
-            return SplitOutcome("unknown", log=log, stats=_stats(visited, lo.shape[0], max_depth, t0, "domain limit"))
-        n = min(config.batch, lo.shape[0])
-        blo, bhi, bid, bdep = lo[-n:], hi[-n:], ids[-n:], depth[-n:]
-        lo, hi, ids, depth = lo[:-n], hi[:-n], ids[:-n], depth[:-n]
-        visited += n
-        margin, grad = _bound(engine, graph, blo, bhi, C.expand(n, -1, -1), bt, config.method)
+            return SplitOutcome("timeout", log=log, stats=_stats(visited, len(queue), max_depth, t0))
+        if len(queue) > config.max_domains:
+            return SplitOutcome("unknown", log=log, stats=_stats(visited, len(queue), max_depth, t0, "domain limit"))
+        batch = queue.pop(min(config.batch, len(queue)))
+        visited += len(batch)
+        margin, inter = _bound(engine, graph, batch, C.expand(len(batch), -1, -1), bt, config.method)
         best, row = margin.max(dim=1)
         proved = best > 0
         for i in torch.nonzero(proved).flatten().tolist():
-            log.leaves.append((int(bid[i]), int(row[i]), float(best[i]), blo[i].double().cpu().numpy(),
-                               bhi[i].double().cpu().numpy()))
+            log.leaves.append((int(batch.ids[i]), int(row[i]), float(best[i])))
         open_ = ~proved
         if not open_.any():
             continue
-        blo, bhi, bid, bdep = blo[open_], bhi[open_], bid[open_], bdep[open_]
-        cex = _try_centres(graph, blo, bhi, C, bt, validate)
+        batch.inter = inter
+        batch = batch.select(open_)
+        cex = _try_centres(graph, batch.lo, batch.hi, C, bt, validate)
         if cex is not None:
-            return SplitOutcome("violated", cex, log, _stats(visited, lo.shape[0], max_depth, t0))
-        rows = C[0][row[open_]]
-        dims = choose_dims(blo, bhi, root_width, sensitivity(graph, blo, bhi, rows))
-        if bool(((bhi - blo).gather(1, dims[:, None]) <= 0).any()):
-            return SplitOutcome("unknown", log=log, stats=_stats(visited, lo.shape[0], max_depth, t0, "point box not proved"))
-        mid = (blo.gather(1, dims[:, None]) + bhi.gather(1, dims[:, None])) / 2
-        k = blo.shape[0]
-        low_hi = bhi.scatter(1, dims[:, None], mid)
-        high_lo = blo.scatter(1, dims[:, None], mid)
-        new_ids = torch.arange(next_id, next_id + 2 * k, device=device).reshape(2, k)
-        next_id += 2 * k
-        for p, d, m, a, c in zip(bid.tolist(), dims.tolist(), mid.flatten().tolist(), new_ids[0].tolist(), new_ids[1].tolist()):
-            log.splits.append((p, d, m, a, c))
-        lo = torch.cat([lo, blo, high_lo])
-        hi = torch.cat([hi, low_hi, bhi])
-        ids = torch.cat([ids, new_ids[0], new_ids[1]])
-        depth = torch.cat([depth, bdep + 1, bdep + 1])
-        max_depth = max(max_depth, int(bdep.max()) + 1)
+            return SplitOutcome("violated", cex, log, _stats(visited, len(queue), max_depth, t0))
+        dims = choose_dims(batch.lo, batch.hi, root_width, sensitivity(graph, batch.lo, batch.hi, C[0][row[open_]]))
+        if bool(((batch.hi - batch.lo).gather(1, dims[:, None]) <= 0).any()):
+            return SplitOutcome("unknown", log=log, stats=_stats(visited, len(queue), max_depth, t0, "point box not proved"))
+        low, high, next_id = _halves(batch, dims, next_id, log)
+        queue.push(low)
+        queue.push(high)
+        max_depth = max(max_depth, int(batch.depth.max()) + 1)
     return SplitOutcome("holds", log=log, stats=_stats(visited, 0, max_depth, t0))
 
 
-def _bound(engine, graph, lo, hi, C, b, method):
-    """Lower bounds of the margin rows [N, m] (no gradient: ``sensitivity`` supplies the split score)."""
-    shape = (lo.shape[0],) + tuple(graph.input_shape)
-    res = engine.compute(lo.reshape(shape), hi.reshape(shape), C, method=method, want_upper=False)
-    return res.lower - b, None
+def _halves(batch: Pending, dims: torch.Tensor, next_id: int, log: SplitLog):
+    """Split every box of ``batch`` in two at the midpoint of its chosen dim; record the splits."""
+    mid = (batch.lo.gather(1, dims[:, None]) + batch.hi.gather(1, dims[:, None])) / 2
+    k = len(batch)
+    new_ids = torch.arange(next_id, next_id + 2 * k, device=batch.lo.device).reshape(2, k)
+    for p, d, m, a, c in zip(batch.ids.tolist(), dims.tolist(), mid.flatten().tolist(), new_ids[0].tolist(),
+                             new_ids[1].tolist()):
+        log.splits.append((p, d, m, a, c))
+    low = Pending(batch.lo, batch.hi.scatter(1, dims[:, None], mid), new_ids[0], batch.depth + 1, batch.inter)
+    high = Pending(batch.lo.scatter(1, dims[:, None], mid), batch.hi, new_ids[1], batch.depth + 1, batch.inter)
+    return low, high, next_id + 2 * k
+
+
+def _bound(engine, graph, batch: Pending, C, b, method):
+    """Lower bounds of the margin rows [N, m], and the bounds of the nodes CROWN refines."""
+    shape = (len(batch),) + tuple(graph.input_shape)
+    res = engine.compute(batch.lo.reshape(shape), batch.hi.reshape(shape), C, method=method, want_upper=False,
+                         intermediate=batch.inter)
+    keep = {k: v for k, v in res.intermediate.items() if k in engine.refined}
+    return res.lower - b, keep
 
 
 def sensitivity(graph, lo: torch.Tensor, hi: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
