@@ -46,10 +46,11 @@ def to_certificate(model_sha256: str, spec_sha256: str, proofs: list[tuple[int, 
     return builder.to_json()
 
 
-def certify(graph, spec, model_sha256: str, spec_sha256: str, proofs: list[tuple[int, int, dict]]):
-    """Build the certificate and check it independently: (certificate, CheckReport)."""
+def certify(graph, spec, model_sha256: str, spec_sha256: str, proofs: list[tuple[int, int, dict]],
+            deadline: float | None = None):
+    """Build the certificate and check it independently (by ``deadline``): (certificate, CheckReport)."""
     from verifier.check import check
 
     cert = to_certificate(model_sha256, spec_sha256, proofs)
-    report = check(graph, spec, cert, model_sha256, spec_sha256)
+    report = check(graph, spec, cert, model_sha256, spec_sha256, deadline=deadline)
     return cert, report

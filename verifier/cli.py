@@ -143,6 +143,76 @@ def cmd_soundness(args) -> int:
     return run_main(args.rest)
 
 
+def cmd_inspect(args) -> int:
+    """Print the lowered graph, what the loader folded, and with a spec the unstable count and route."""
+    from verifier.model import load_onnx
+
+    try:
+        model = load_onnx(args.model)
+        info = _inspect_model(model)
+        if args.spec:
+            info["spec"] = _inspect_spec(model, args.spec)
+    except (ValueError, OSError) as exc:     # load / parse errors (InputError is a ValueError)
+        print(f"nnverify: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    print(f"model {args.model} (sha256 {model.sha256[:16]}...)")
+    print(f"input {info['input_shape']} ({info['n_inputs']} values) -> output {info['output_shape']}; "
+          f"{len(info['nodes'])} nodes, {info['parameters']} parameters")
+    print("ops: " + ", ".join(f"{op} x{k}" for op, k in info["ops"].items()))
+    for n in info["nodes"]:
+        print(f"  {n['op']:<11} {str(n['shape']):<18} {n['name']}  <- {', '.join(n['inputs'])}")
+    print(f"loader log ({len(info['folded'])} entries):")
+    for line in info["folded"]:
+        print(f"  {line}")
+    if "spec" in info:
+        sp = info["spec"]
+        print(f"spec: {sp['regions']} region(s), {sp['polytopes']} unsafe polytope(s)")
+        print(f"unstable ReLU-like neurons (CROWN, region 0): {sp['unstable']} {sp['bounds_note']}")
+        print(f"route: {sp['route']} ({sp['route_reason']})")
+    return 0
+
+
+def _inspect_model(model) -> dict:
+    """The lowered graph as plain data: shapes, op counts, parameters, nodes, the loader log."""
+    from collections import Counter
+
+    g = model.graph
+    return {"input_shape": list(g.input_shape), "n_inputs": g.n_inputs, "output_shape": list(g.output_shape),
+            "parameters": sum(t.numel() for n in g.nodes for t in n.params.values() if t is not None),
+            "ops": dict(sorted(Counter(n.op for n in g.nodes).items())),
+            "nodes": [{"name": n.name, "op": n.op, "shape": list(n.shape), "inputs": list(n.inputs)} for n in g.nodes],
+            "folded": list(model.folded)}
+
+
+def _inspect_spec(model, spec_path: str) -> dict:
+    """Unstable ReLU-like neurons under the first region's box (CROWN) and the route verify() takes."""
+    import torch
+
+    from verifier.bounds import BoundEngine
+    from verifier.bounds.box import outward_box
+    from verifier.config import VerifyConfig
+    from verifier.portfolio import Run, choose_route, count_unstable, load_inputs
+    from verifier.result import Result, Verdict
+
+    model, spec, sha = load_inputs(model, spec_path)
+    g, region = model.graph, spec.regions[0]
+    out = {"regions": len(spec.regions), "polytopes": sum(len(r.unsafe) for r in spec.regions)}
+    lo, hi = outward_box(region.lower, region.upper, torch.float32, None, (1,) + tuple(g.input_shape))
+    t0 = time.monotonic()
+    try:
+        res = BoundEngine(g).compute(lo, hi, method="crown")
+        out["unstable"], out["bounds_note"] = count_unstable(g, res.intermediate), f"[{time.monotonic() - t0:.2f}s]"
+    except (ValueError, NotImplementedError) as exc:
+        out["unstable"], out["bounds_note"] = None, f"(cannot bound: {exc})"
+    config = VerifyConfig()
+    run = Run(model, spec, sha, config, time.monotonic() + config.timeout, torch.device("cpu"), Result(Verdict.UNKNOWN))
+    out["route"], out["route_reason"], _ = choose_route(run)
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     ap = argparse.ArgumentParser(prog="nnverify", description="Neural-network verification (ONNX + VNN-LIB).")
@@ -163,6 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("spec")
     b.add_argument("--method", default="crown", choices=["ibp", "crown", "alpha"])
     b.set_defaults(func=cmd_bounds)
+    i = sub.add_parser("inspect", help="show the lowered graph, folded ops, and (with a spec) the route")
+    i.add_argument("model")
+    i.add_argument("spec", nargs="?", help="VNN-LIB property: adds unstable-neuron count and route")
+    i.add_argument("--json", action="store_true", help="print the report as JSON")
+    i.set_defaults(func=cmd_inspect)
     c = sub.add_parser("check", help="re-validate a holds certificate with the independent float64 checker")
     c.add_argument("model")
     c.add_argument("spec")

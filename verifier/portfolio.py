@@ -185,7 +185,7 @@ def _certified(run: Run) -> bool:
     for attempt in range(4):
         proofs = [(g.region, g.polytope, g.proof) for g in run.goals if g.proof is not None]
         t0 = time.monotonic()
-        cert, report = certify(run.model.graph, run.spec, run.model.sha256, run.spec_sha256, proofs)
+        cert, report = certify(run.model.graph, run.spec, run.model.sha256, run.spec_sha256, proofs, run.deadline)
         run.timed("check", t0)
         run.note(f"certificate: {report.leaves} leaves, checked in {report.time:.3f}s: "
                  f"{'ok' if report.ok else f'{len(report.weak)} weak leaves' if report.weak else 'REJECTED'}")
@@ -195,6 +195,12 @@ def _certified(run: Run) -> bool:
             return True
         if len(report.weak) != len(report.reasons) or run.left() <= 0 or not _repair(run, report.weak):
             break
+    if run.left() <= 0:
+        run.note("budget spent before the certificate was checked: holds not reported")
+        for g in run.goals:
+            g.proved = g.proved and g.proof is None
+        run.result.certificate_checked = False
+        return False
     log.error("certificate REJECTED by the independent checker: %s", "; ".join(report.reasons[:5]))
     for g in run.goals:
         g.proved = g.proved and g.proof is None

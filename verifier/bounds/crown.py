@@ -26,12 +26,14 @@ def ancestors(graph: Graph) -> dict[str, frozenset[str]]:
 
 
 def backward_to_input(graph: Graph, start: str, A: torch.Tensor, bounds: dict[str, Bounds],
-                      relax: RelaxFn, scope: frozenset[str]):
+                      relax: RelaxFn, scope: frozenset[str], record: dict | None = None):
     """Propagate ``A`` [B, C, *shape(start)] back to the input.
 
     Returns (A_x [B, C, *input_shape] or None when the start does not depend on the input,
     bias [B, C]) with ``A . start >= A_x . x + bias`` on the box. ``scope`` holds ``start`` and
     its ancestors; ``relax(node)`` gives the relaxation lines of elementwise nonlinear nodes.
+    ``record`` (optional) receives the coefficients ``A`` on every elementwise node's output
+    (beta-CROWN's branching scores use them).
     """
     acc = {start: A}
     bias = torch.zeros((), dtype=A.dtype, device=A.device)
@@ -41,6 +43,8 @@ def backward_to_input(graph: Graph, start: str, A: torch.Tensor, bounds: dict[st
         A_out = acc.pop(node.name)
         op = OPS[node.op]
         state = relax(node) if isinstance(op, ElementwiseOp) else None
+        if record is not None and state is not None:
+            record[node.name] = A_out
         A_ins, b = op.backward(node, A_out, [bounds[i] for i in node.inputs], state)
         bias = bias + b
         for name, A_in in zip(node.inputs, A_ins):

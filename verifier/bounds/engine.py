@@ -94,17 +94,25 @@ class BoundEngine:
         low, bounds, best = optimise_alphas(self, box, dom, A_spec, m, alpha, bounds, plan, init, low)
         return self._result(low, m, want_upper, bounds, best)
 
+    def compute_domains(self, lower, upper, C, splits=None, **kwargs):
+        """beta-CROWN bounds on ReLU-split subdomains: see ``verifier.bounds.beta.compute_domains``."""
+        from verifier.bounds.beta import compute_domains
+
+        return compute_domains(self, lower, upper, C, splits, **kwargs)
+
     # ------------------------------------------------------------------ propagation
-    def propagate(self, box: Bounds, dom: Domain, *, crown: bool, plan=None, alphas=None, reference=None):
+    def propagate(self, box: Bounds, dom: Domain, *, crown: bool, plan=None, alphas=None, reference=None,
+                  forward: bool = True):
         """One pass in topological order: IBP everywhere, CROWN on inputs of nonlinear nodes.
 
         Returns (bounds of every value, plan: node -> flat indices refined by CROWN).
-        ``plan`` fixes the refined rows (alpha iterations); ``reference`` bounds are intersected.
+        ``plan`` fixes the refined rows (alpha iterations); ``reference`` bounds are intersected;
+        ``forward=False`` skips forward-mode bounds (plain IBP + CROWN, as the certificate checker derives them).
         """
         bounds = {self.graph.input_name: box}
         cache: dict = {}
         new_plan = {}
-        fns = {self.graph.input_name: input_fn(box)} if crown and self.forward_mode else None
+        fns = {self.graph.input_name: input_fn(box)} if crown and forward and self.forward_mode else None
         for node in self.graph.nodes:
             in_bounds = [bounds[i] for i in node.inputs]
             lo, hi = OPS[node.op].ibp(node, in_bounds)

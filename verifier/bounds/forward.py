@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from verifier.bounds.base import Bounds
+from verifier.bounds.nonlinear import bilinear_forward, matmul_forward
 from verifier.bounds.pool import MaxPoolOp
 from verifier.model.ops import FORWARD
 
@@ -152,4 +153,6 @@ def _maxpool(node, fns, bounds, lines):
 
 RULES = {"linear": _linear, "conv": _conv, "affine": _affine, "add": _add, "reshape": _reindex,
          "gather": _reindex, "concat": _reindex, "relu": _elementwise, "leaky_relu": _elementwise,
-         "sigmoid": _elementwise, "tanh": _elementwise, "sign": _elementwise, "maxpool": _maxpool}
+         "sigmoid": _elementwise, "tanh": _elementwise, "sign": _elementwise, "maxpool": _maxpool,
+         "mul": bilinear_forward, "matmul": matmul_forward, "pow": _elementwise, "sin": _elementwise, "cos": _elementwise,
+         "exp": _elementwise, "reciprocal": _elementwise, "sqrt": _elementwise}

@@ -4,6 +4,7 @@ from __future__ import annotations
 from verifier.bounds.activation import LeakyReluOp, SignOp
 from verifier.bounds.base import BoundOp
 from verifier.bounds.linear import AddOp, AffineOp, ConcatOp, ConvOp, GatherOp, LinearOp, ReshapeOp
+from verifier.bounds.nonlinear import CurveOp, MatMulOp, MulOp
 from verifier.bounds.pool import MaxPoolOp
 from verifier.bounds.smooth import SmoothOp
 
@@ -21,6 +22,14 @@ OPS: dict[str, BoundOp] = {
     "tanh": SmoothOp(),
     "sign": SignOp(),
     "maxpool": MaxPoolOp(),
+    "mul": MulOp(),
+    "matmul": MatMulOp(),
+    "pow": CurveOp(),
+    "sin": CurveOp(),
+    "cos": CurveOp(),
+    "exp": CurveOp(),
+    "reciprocal": CurveOp(),
+    "sqrt": CurveOp(),
 }
 
 

@@ -40,7 +40,7 @@ class CheckReport:
 
 
 def check(graph: Graph, spec: Spec, cert: dict, model_sha256: str | None = None, spec_sha256: str | None = None,
-          strict: bool = False, device: str | torch.device = "cpu") -> CheckReport:
+          strict: bool = False, device: str | torch.device = "cpu", deadline: float | None = None) -> CheckReport:
     """Check certificate ``cert`` (a loaded JSON dict) for ``graph`` and ``spec``.
 
     With ``strict``, a leaf whose claimed bound exceeds the re-derived one (beyond a 1e-9 relative
@@ -59,7 +59,7 @@ def check(graph: Graph, spec: Spec, cert: dict, model_sha256: str | None = None,
             where = f"proof (region {ri}, polytope {pi})"
             leaves = walk(tree, region.lower.copy(), region.upper.copy(), poly.A.shape[0], graph, arrays, where)
             n_leaves += len(leaves)
-            failed = _check_leaves(g, poly.A, poly.b, leaves, strict, reasons, notes)
+            failed = _check_leaves(g, poly.A, poly.b, leaves, strict, reasons, notes, deadline)
             weak.extend((ri, pi, leaf) for leaf in failed)
     except CertificateError as e:
         reasons.append(str(e))
@@ -137,12 +137,14 @@ def _proofs(cert: dict, spec: Spec):
 
 
 def _check_leaves(graph: Graph, A: np.ndarray, b: np.ndarray, leaves: list[Leaf], strict: bool,
-                  reasons: list[str], notes: list[str]) -> list[Leaf]:
+                  reasons: list[str], notes: list[str], deadline: float | None = None) -> list[Leaf]:
     """Re-derive the leaves' bounds in chunks and compare them with the claims; the leaves not > 0."""
     widest = max([graph.n_inputs] + [n.size for n in graph.nodes])
     chunk = max(1, min(1024, BUDGET // (64 * widest)))
     failed: list[Leaf] = []
     for start in range(0, len(leaves), chunk):
+        if deadline is not None and time.monotonic() > deadline:
+            raise CertificateError(f"check stopped at its deadline after {start} of {len(leaves)} leaves")
         part = leaves[start:start + chunk]
         derived = leaf_bounds(graph, A, b, part)
         for leaf, value in zip(part, derived.tolist()):

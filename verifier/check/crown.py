@@ -28,6 +28,7 @@ from verifier.model.graph import Graph, Node
 NONLINEAR = frozenset({"relu", "leaky_relu", "sigmoid", "tanh", "maxpool"})
 SUPPORTED = frozenset(INTERVAL)
 EMPTY_TOL = 1e-9  # relative margin by which l must exceed u before a domain counts as empty
+BOX_TIGHTEN_MAX = 4096  # inputs of boxed ops (no backward rule) up to this size get CROWN-tight bounds
 
 
 @dataclass(frozen=True)
@@ -194,6 +195,9 @@ def backward(graph: Graph, start: str, A: torch.Tensor, p: Pass) -> torch.Tensor
     for node in reversed(graph.nodes):
         if node.name not in acc:
             continue
+        if node.op not in BACKWARD:     # no linear rule: treat the node as its interval (a box)
+            bias = bias + _box_lower(acc.pop(node.name), p.bounds[node.name])
+            continue
         ins, add = BACKWARD[node.op](node, acc.pop(node.name), p)
         bias = bias + add
         for name, A_in in zip(node.inputs, ins):
@@ -205,13 +209,29 @@ def backward(graph: Graph, start: str, A: torch.Tensor, p: Pass) -> torch.Tensor
     return bias + _sum_rows(A_x.clamp(min=0) * l + A_x.clamp(max=0) * u)
 
 
+def _box_lower(A: torch.Tensor, lu: Interval) -> torch.Tensor:
+    """min of sum(A * y) over the box y in [l, u]: [B, m] (NaN-free for infinite ends with A = 0)."""
+    l, u = (t.unsqueeze(1) for t in lu)
+    zero = torch.zeros_like(A)
+    return _sum_rows(torch.where(A > 0, A * l, zero) + torch.where(A < 0, A * u, zero))
+
+
 def _needs_bounds(graph: Graph) -> dict[str, bool]:
-    """Values feeding a nonlinear op -> whether all neurons need CROWN (True) or only unstable ones."""
+    """Values feeding a nonlinear op -> whether all neurons need CROWN (True) or only unstable ones.
+
+    Inputs of ops without a backward rule (boxed in ``backward``) are tightened in full when they
+    have at most ``BOX_TIGHTEN_MAX`` neurons, so the box of such a node comes from CROWN-tight inputs.
+    """
     need: dict[str, bool] = {}
+    sizes = {n.name: n.size for n in graph.nodes}
     for node in graph.nodes:
         if node.op in NONLINEAR:
             v = node.inputs[0]
             need[v] = need.get(v, False) or node.op not in ("relu", "leaky_relu")
+        elif node.op not in BACKWARD:
+            for v in node.inputs:
+                if v != graph.input_name and sizes[v] <= BOX_TIGHTEN_MAX:
+                    need[v] = True
     return need
 
 

@@ -5,6 +5,7 @@ parts; monotone ops apply to both ends; re-indexing ops move both ends alike.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -74,6 +75,64 @@ def _concat(node: Node, ins: list[Interval]) -> Interval:
     return torch.cat([i[0] for i in ins], dim=axis), torch.cat([i[1] for i in ins], dim=axis)
 
 
+def _mul(node: Node, ins: list[Interval]) -> Interval:
+    """x * y: min / max of the four corner products."""
+    (lx, ux), (ly, uy) = ins
+    corners = torch.stack([lx * ly, lx * uy, ux * ly, ux * uy])
+    return corners.amin(0), corners.amax(0)
+
+
+def _matmul(node: Node, ins: list[Interval]) -> Interval:
+    """x1 @ x2 over the last two axes: corner products of every term, summed over k."""
+    (l1, u1), (l2, u2) = ins
+    a, b, c, d = l1.unsqueeze(-1), u1.unsqueeze(-1), l2.unsqueeze(-3), u2.unsqueeze(-3)
+    corners = torch.stack([a * c, a * d, b * c, b * d])
+    return corners.amin(0).sum(-2), corners.amax(0).sum(-2)
+
+
+def _pow(node: Node, ins: list[Interval]) -> Interval:
+    """x ** n (integer n >= 2): monotone for odd n; for even n the minimum is 0 on a mixed interval."""
+    (l, u), n = ins[0], int(node.attrs["exponent"])
+    a, b = l ** n, u ** n
+    if n % 2:
+        return a, b
+    lo = torch.where((l <= 0) & (u >= 0), torch.zeros_like(a), torch.minimum(a, b))
+    return lo, torch.maximum(a, b)
+
+
+def _periodic(peak: float):
+    """Interval rule of sin (peak at pi/2) / cos (peak at 0): ends, plus +-1 where a peak / trough lies inside."""
+    def rule(node: Node, ins: list[Interval]) -> Interval:
+        l, u = ins[0]
+        fn = torch.sin if node.op == "sin" else torch.cos
+        a, b = fn(l), fn(u)
+        lo, hi = torch.minimum(a, b), torch.maximum(a, b)
+        period = 2 * math.pi
+        has_max = torch.ceil((l - peak) / period) * period + peak <= u
+        has_min = torch.ceil((l - peak - math.pi) / period) * period + peak + math.pi <= u
+        full = (u - l) >= period
+        hi = torch.where(has_max | full, torch.ones_like(hi), hi)
+        lo = torch.where(has_min | full, -torch.ones_like(lo), lo)
+        pad = 1e-12 * (1 + torch.maximum(l.abs(), u.abs()))   # float64 error of the peak positions
+        return (lo - pad).clamp(min=-1.0), (hi + pad).clamp(max=1.0)
+    return rule
+
+
+def _reciprocal(node: Node, ins: list[Interval]) -> Interval:
+    """1 / x: decreasing on each side of 0; unbounded when the interval touches 0."""
+    l, u = ins[0]
+    bad = (l <= 0) & (u >= 0)
+    inf = torch.full_like(l, math.inf)
+    return torch.where(bad, -inf, 1.0 / u), torch.where(bad, inf, 1.0 / l)
+
+
+def _sqrt(node: Node, ins: list[Interval]) -> Interval:
+    """sqrt(x) on x >= 0; NaN (rejected downstream) where the interval has negative values."""
+    l, u = ins[0]
+    nan = torch.full_like(l, math.nan)
+    return torch.where(l < 0, nan, torch.sqrt(l.clamp(min=0))), torch.sqrt(u)
+
+
 INTERVAL: dict[str, Callable[[Node, list[Interval]], Interval]] = {
     "linear": _linear,
     "conv": _conv,
@@ -87,4 +146,12 @@ INTERVAL: dict[str, Callable[[Node, list[Interval]], Interval]] = {
     "reshape": _monotone(_reshape),
     "gather": _monotone(_gather),
     "concat": _concat,
+    "mul": _mul,
+    "matmul": _matmul,
+    "pow": _pow,
+    "sin": _periodic(math.pi / 2),
+    "cos": _periodic(0.0),
+    "exp": _monotone(lambda node, x: torch.exp(x)),
+    "reciprocal": _reciprocal,
+    "sqrt": _sqrt,
 }

@@ -24,12 +24,22 @@ reshape             x           -                                       same C-o
 gather              x           index (int64, output-shaped; values     out.flat[k] = x.flat[index[k]],
                                 index x flattened; -1 means 0)          0 where index[k] == -1
 concat              x1..xn      attrs: axis (per-sample axis, >= 0)     torch.cat along axis
+mul                 x1, x2      -                                       x1 * x2 (same shape, bilinear)
+matmul              x1, x2      - (x1 [*b, M, K], x2 [*b, K, N])        x1 @ x2 (bilinear, equal *b)
+pow                 x           attrs: exponent (int >= 2)              x ** exponent
+sin, cos, exp       x           -                                       elementwise
+reciprocal          x           -                                       1 / x (bounds refuse 0 in range)
+sqrt                x           -                                       sqrt(x) (bounds refuse x < 0)
 ==================  ==========  ======================================  ==============================
 
 ``gather`` carries every pure re-indexing op (Transpose, Slice, Pad, Squeeze, Unsqueeze, Gather
 with constant indices, Split, Expand, Flatten-with-reorder); Sub, Neg, Div/Mul by constants,
 BatchNormalization and constant Add lower to ``affine``; Clip lowers to relus; AveragePool to a
-grouped ``conv``. The graph is never mutated after loading: bound propagation returns values.
+grouped ``conv``; MatMul of two variables to ``matmul`` (rank >= 3 with batch 1)
+or gathers + ``mul`` + a summing ``linear``; Div by a
+variable to ``reciprocal`` + ``mul``; Softmax to pairwise differences (``linear``), ``exp``, a
+summing ``linear`` and ``reciprocal`` (softmax_i = 1 / sum_j exp(x_j - x_i)).
+The graph is never mutated after loading: bound propagation returns values.
 """
 from __future__ import annotations
 

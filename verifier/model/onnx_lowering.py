@@ -623,13 +623,124 @@ def _lower_shape(b, node, ins, at):
     return [shape[at.get("start", 0):at.get("end", len(shape))]]
 
 
+def _lower_product(b, node, ins, at):
+    """Mul / Div with a variable divisor or two variable operands: ``reciprocal`` and ``mul``."""
+    a, c, base = ins[0], ins[1], node.output[0]
+    if node.op_type == "Div" and isinstance(c, Var):
+        c = b.emit(base, "reciprocal", [c], c.shape)
+        if not isinstance(a, Var):
+            return [b.affine(c, np.asarray(_const(a), np.float64), None, base)]
+    elif not (isinstance(a, Var) and isinstance(c, Var)):
+        return _lower_binary(b, node, ins, at)
+    shape = tuple(np.broadcast_shapes(a.shape, c.shape))
+    a = a if a.shape == shape else b.expand(a, shape, base)
+    c = c if c.shape == shape else b.expand(c, shape, base)
+    return [b.emit(base, "mul", [a, c], shape)]
+
+
+def _lower_matmul_any(b, node, ins, at):
+    """MatMul; of two variables: a ``matmul`` node when the leading (batch) dim is 1, else gathers
+    to [..., M, N, K], ``mul`` and a summing linear."""
+    x1, x2, base = ins[0], ins[1], node.output[0]
+    if not (isinstance(x1, Var) and isinstance(x2, Var)):
+        return _lower_matmul(b, node, ins, at)
+    if len(x1.shape) < 2 or len(x2.shape) < 2:
+        raise NodeUnsupported("product of two variable tensors of rank < 2")
+    (m, k), (k2, n) = x1.shape[-2:], x2.shape[-2:]
+    if k != k2:
+        raise NodeUnsupported(f"inner dims differ: {list(x1.shape)} @ {list(x2.shape)}")
+    batch = tuple(np.broadcast_shapes(x1.shape[:-2], x2.shape[:-2]))
+    if batch and batch[0] == 1:     # per-sample rank >= 2 on both sides: one matmul node
+        x1 = x1 if x1.shape == batch + (m, k) else b.expand(x1, batch + (m, k), base)
+        x2 = x2 if x2.shape == batch + (k, n) else b.expand(x2, batch + (k, n), base)
+        return [b.emit(base, "matmul", [x1, x2], batch + (m, n))]
+    full = batch + (m, n, k)
+    i1 = np.broadcast_to(_index(x1)[..., :, None, :], full)
+    i2 = np.broadcast_to(np.swapaxes(_index(x2), -1, -2)[..., None, :, :], full)
+    prod = b.emit(base, "mul", [b.reindex(x1, i1, base), b.reindex(x2, i2, base)], full)
+    y = _linear(b, prod, np.ones((1, k)), None, base)
+    return [b.reindex(y, _index(y).reshape(batch + (m, n)), base)]
+
+
+def _lower_pow(b, node, ins, at):
+    """Pow with a constant scalar exponent: integer >= 2 -> pow, 1 -> x, -1 -> reciprocal, 0.5 -> sqrt."""
+    x, e, base = _var(ins[0], "base"), _const(ins[1], "exponent"), node.output[0]
+    if e.size != 1:
+        raise NodeUnsupported("non-scalar exponent")
+    shape = tuple(np.broadcast_shapes(x.shape, e.shape))
+    x = x if x.shape == shape else b.expand(x, shape, base)
+    p = float(e.reshape(-1)[0])
+    if p == 1.0:
+        return [x]
+    if p == 0.5:
+        return [b.emit(base, "sqrt", [x], shape)]
+    if p == -1.0:
+        return [b.emit(base, "reciprocal", [x], shape)]
+    if p == int(p) and p >= 2:
+        return [b.emit(base, "pow", [x], shape, attrs={"exponent": int(p)})]
+    raise NodeUnsupported(f"exponent {p} (supported: integers >= 2, 1, -1, 0.5)")
+
+
+SOFTMAX_CLIP = 60.0
+
+
+def _softmax_axes(b, x: Var, at: dict) -> list[int]:
+    """The axes one softmax normalises over (opset < 13: every axis from ``axis`` on)."""
+    rank = len(x.shape)
+    axis = int(at.get("axis", 1 if b.opset < 13 else -1)) % rank
+    return list(range(axis, rank)) if b.opset < 13 else [axis]
+
+
+def _lower_softmax(b, node, ins, at):
+    """Softmax as 1 / (1 + sum_{j != i} exp(min(x_j - x_i, SOFTMAX_CLIP))) along the reduced axes.
+
+    Lowered to a differences linear, the clip (``c - relu(c - d)``), exp, a chain of adds (exact
+    interval sums, so the reciprocal's input stays >= 1), +1 and reciprocal. The clip keeps every value finite (an infinite exp would turn the dense linears'
+    0 * inf into NaN); it changes an output only where the exact one is below exp(-SOFTMAX_CLIP),
+    and then by less than that (about 1e-26), far below float32 resolution.
+    """
+    x, base = _var(ins[0]), node.output[0]
+    red = _softmax_axes(b, x, at)
+    kept = [d for d in range(len(x.shape)) if d not in red]
+    n = int(np.prod([x.shape[d] for d in red]))
+    lead = [x.shape[d] for d in kept]
+    g = b.reindex(x, np.transpose(_index(x), kept + red).reshape(lead + [n]), base)
+    if n == 1:
+        y = b.const_var(g, np.ones(g.shape, np.float32), base)
+    else:
+        pairs = [(i, j) for i in range(n) for j in range(n) if j != i]
+        diff = np.zeros((len(pairs), n))
+        for r, (i, j) in enumerate(pairs):
+            diff[r, j], diff[r, i] = 1.0, -1.0
+        d = _linear(b, g, diff, None, base)
+        d = b.affine(b.emit(base, "relu", [b.affine(d, -1.0, SOFTMAX_CLIP, base)], d.shape), -1.0, SOFTMAX_CLIP, base)
+        e = b.emit(base, "exp", [d], d.shape)
+        cols = _index(e).reshape(lead + [n, n - 1])
+        s = None
+        for k in range(n - 1):      # a chain of adds: exact interval sums (a linear's IBP would cancel)
+            term = b.reindex(e, cols[..., k], base)
+            s = term if s is None else b.emit(base, "add", [s, term], g.shape)
+        y = b.emit(base, "reciprocal", [b.affine(s, None, 1.0, base)], g.shape)
+    perm = kept + red
+    inverse = list(np.argsort(perm))
+    back = _index(y).reshape(lead + [x.shape[d] for d in red]).transpose(inverse)
+    return [b.reindex(y, back, base)]
+
+
 ONNX_OPS: dict[str, Callable] = {
     "Gemm": _lower_gemm,
-    "MatMul": _lower_matmul,
+    "MatMul": _lower_matmul_any,
     "Add": _lower_binary,
     "Sub": _lower_binary,
-    "Mul": _lower_binary,
-    "Div": _lower_binary,
+    "Mul": _lower_product,
+    "Div": _lower_product,
+    "Pow": _lower_pow,
+    "Sin": _activation("sin"),
+    "Cos": _activation("cos"),
+    "Exp": _activation("exp"),
+    "Sqrt": _activation("sqrt"),
+    "Reciprocal": _activation("reciprocal"),
+    "Softmax": _lower_softmax,
     "Neg": _lower_neg,
     "Relu": _activation("relu"),
     "LeakyRelu": _activation("leaky_relu"),

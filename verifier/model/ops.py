@@ -58,6 +58,11 @@ def _concat(node, xs):
     return torch.cat(xs, dim=node.attrs["axis"] + 1)
 
 
+def _pow(node, xs):
+    """x ** n for the integer exponent attr."""
+    return xs[0] ** int(node.attrs["exponent"])
+
+
 FORWARD: dict[str, ForwardFn] = {
     "linear": _linear,
     "conv": _conv,
@@ -72,6 +77,14 @@ FORWARD: dict[str, ForwardFn] = {
     "reshape": _reshape,
     "gather": _gather,
     "concat": _concat,
+    "mul": lambda node, xs: xs[0] * xs[1],
+    "matmul": lambda node, xs: torch.matmul(xs[0], xs[1]),
+    "pow": _pow,
+    "sin": lambda node, xs: torch.sin(xs[0]),
+    "cos": lambda node, xs: torch.cos(xs[0]),
+    "exp": lambda node, xs: torch.exp(xs[0]),
+    "reciprocal": lambda node, xs: torch.reciprocal(xs[0]),
+    "sqrt": lambda node, xs: torch.sqrt(xs[0]),
 }
 
 
