@@ -21,12 +21,13 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from verifier.check import relaxation
+from verifier.check import forward, relaxation
 from verifier.check.interval import INTERVAL, Interval
 from verifier.model.graph import Graph, Node
 
 NONLINEAR = frozenset({"relu", "leaky_relu", "sigmoid", "tanh", "maxpool"})
 SUPPORTED = frozenset(INTERVAL)
+FORWARD_MAX_INPUTS = 64  # forward linear bounds (intersected with IBP/CROWN) for inputs this small
 EMPTY_TOL = 1e-9  # relative margin by which l must exceed u before a domain counts as empty
 BOX_TIGHTEN_MAX = 4096  # inputs of boxed ops (no backward rule) up to this size get CROWN-tight bounds
 
@@ -272,14 +273,23 @@ def intermediate_bounds(graph: Graph, dom: Domains, budget: int = 1 << 24) -> tu
     """Bounds of every value on each leaf domain, and the mask [B] of domains proved empty."""
     empty = torch.zeros(dom.lower.shape[0], dtype=torch.bool, device=dom.lower.device)
     need = _needs_bounds(graph)
-    bounds = {graph.input_name: _clamp(graph.input_name, (dom.lower, dom.upper), dom, empty)}
+    box = _clamp(graph.input_name, (dom.lower, dom.upper), dom, empty)
+    bounds = {graph.input_name: box}
     p = Pass(bounds)
+    n = graph.n_inputs
+    fns = {graph.input_name: forward.input_fn(box[0])} if n <= FORWARD_MAX_INPUTS else None
     for node in graph.nodes:
         lu = INTERVAL[node.op](node, [bounds[i] for i in node.inputs])
+        fn = forward.step(node, fns, bounds, n) if fns is not None else None
+        if fn is not None:
+            f_lo, f_hi = forward.concretize(fn, *box)
+            lu = (torch.maximum(lu[0], f_lo), torch.minimum(lu[1], f_hi))
         if node.name in need:
             lu = _tighten(graph, node.name, lu, p, need[node.name], budget)
             lu = _clamp(node.name, lu, dom, empty)
         bounds[node.name] = lu
+        if fns is not None:
+            fns[node.name] = fn if fn is not None else forward.box(lu, n)
     return bounds, empty
 
 
