@@ -133,14 +133,17 @@ def input_split(engine, graph, lower: np.ndarray, upper: np.ndarray, A: np.ndarr
     zero = torch.zeros(1, dtype=torch.long, device=device)
     queue = Pending(lo, hi, zero, zero.clone())
     log, next_id, visited, max_depth = SplitLog(), 1, 0, 0
+    size = min(64, config.batch)   # batch size: grows while one call stays short, so deadlines hold
     while len(queue):
         if time.monotonic() >= deadline:
             return SplitOutcome("timeout", log=log, stats=_stats(visited, len(queue), max_depth, t0))
         if len(queue) > config.max_domains:
             return SplitOutcome("unknown", log=log, stats=_stats(visited, len(queue), max_depth, t0, "domain limit"))
-        batch = queue.pop(min(config.batch, len(queue)))
+        batch = queue.pop(min(size, len(queue)))
         visited += len(batch)
+        t_call = time.monotonic()
         margin, inter = _bound(engine, graph, batch, C.expand(len(batch), -1, -1), bt, config.method)
+        size = _next_size(size, len(batch), time.monotonic() - t_call, config.batch)
         best, row = margin.max(dim=1)
         proved = best > 0
         for i in torch.nonzero(proved).flatten().tolist():
@@ -161,6 +164,14 @@ def input_split(engine, graph, lower: np.ndarray, upper: np.ndarray, A: np.ndarr
         queue.push(high)
         max_depth = max(max_depth, int(batch.depth.max()) + 1)
     return SplitOutcome("holds", log=log, stats=_stats(visited, 0, max_depth, t0))
+
+
+def _next_size(size: int, used: int, seconds: float, cap: int, target: float = 0.05) -> int:
+    """Batch size for the next call: aim at ``target`` seconds per call, at most ``cap``."""
+    if used < size:
+        return size
+    per_domain = seconds / max(used, 1)
+    return int(max(16, min(cap, 2 * size, target / max(per_domain, 1e-9))))
 
 
 def _halves(batch: Pending, dims: torch.Tensor, next_id: int, log: SplitLog):

@@ -1,0 +1,399 @@
+"""Branch and bound over ReLU splits with beta-CROWN bounds (the complete verifier for ReLU nets).
+
+A domain is the region box plus ReLU split constraints (one int8 tensor per relu node). The root
+is bounded by (alpha-)CROWN; pending domains are bounded in batches by beta-CROWN
+(``verifier.bounds.beta``) with the root's intermediate bounds as reference, warm-started from
+their parent's alphas and betas. A domain is proved when some row of the polytope's margin
+``A y - b`` has a positive lower bound (or its splits contradict the bounds); otherwise the
+point minimising its linear lower bound seeds a short PGD attack on the region box, and it is
+split on the best BaBSR-scored neuron (``branching.py``). Every split and proved leaf is logged
+so that ``ReluSplitLog.tree()`` is the certificate TREE (relu splits, leaf alphas and betas).
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from verifier.bounds.alpha import SPEC
+from verifier.bounds.beta import BetaConfig, BetaResult, compute_domains
+from verifier.config import AlphaConfig, BabConfig
+from verifier.search.branching import choose_neurons, relu_scores
+from verifier.search.input_split import SplitOutcome
+
+BOUND_MODES = ("checker", "root", "hybrid")
+EMPTY_CLAIM = 1e-12  # the bound claimed for a domain whose splits contradict its bounds (the checker re-derives it)
+_OOM = tuple(e for e in (getattr(torch, "OutOfMemoryError", None), MemoryError) if e is not None)
+
+
+@dataclass(frozen=True)
+class ReluSplitOptions:
+    """Knobs of the ReLU-split search beyond ``BabConfig`` (batch, max_domains)."""
+
+    beta: BetaConfig = field(default_factory=BetaConfig)  # per batch of child domains
+    root_iterations: int = 30        # alpha iterations at the root
+    # How domains' intermediate bounds are derived:
+    #   "checker": re-derived by plain CROWN under the domain's splits, as the certificate checker
+    #              does (every proof re-checks; costly per domain);
+    #   "root":    the root's alpha-CROWN bounds clamped by the splits (cheap and tight, but the checker
+    #              cannot reproduce them: leaves may be rejected, most of them on mnistfc);
+    #   "hybrid":  "root" for the search; a domain it proves becomes a leaf only once its bound also
+    #              holds the "checker" way (else it is split further).
+    bounds: str = "checker"
+    leaf_iterations: int = 20        # alpha/beta iterations of the "checker"-way re-bound of a hybrid leaf
+    attack_domains: int = 16         # open domains per batch whose bound minimiser seeds PGD
+    attack_steps: int = 5
+    max_memory_bytes: int = 1 << 30  # pending domains' tensors at most (beyond: stop, unknown)
+    margin: float = 0.0              # a row is proved when its lower bound exceeds this
+
+
+@dataclass
+class ReluSplitLog:
+    """The proof: relu splits (parent, node, flat index, inactive id, active id) and proved leaves."""
+
+    lower: np.ndarray
+    upper: np.ndarray
+    splits: list[tuple[int, str, int, int, int]] = field(default_factory=list)
+    leaves: list[tuple[int, int, float, dict, np.ndarray | None]] = field(default_factory=list)
+    parent: dict[int, tuple[int, str, int]] = field(default_factory=dict)
+
+    def add_split(self, parent: int, node: str, index: int, inactive: int, active: int) -> None:
+        """Record one split of domain ``parent``."""
+        self.splits.append((parent, node, index, inactive, active))
+        self.parent[inactive] = self.parent[active] = (parent, node, index)
+
+    def path(self, ident: int) -> list[tuple[str, int]]:
+        """(relu node, flat index) of every split on the path to ``ident``, root first."""
+        out = []
+        while ident in self.parent:
+            ident, node, index = self.parent[ident]
+            out.append((node, index))
+        return out[::-1]
+
+    def tree(self, root: int = 0) -> dict:
+        """The certificate TREE (docs/certificate.md) rooted at domain ``root``."""
+        children = {p: (node, k, a, c) for p, node, k, a, c in self.splits}
+        leaves = {i: rest for i, *rest in self.leaves}
+        out: dict = {}
+        stack = [(root, out)]
+        while stack:
+            ident, slot = stack.pop()
+            if ident in children:
+                node, k, a, c = children[ident]
+                kids = [{}, {}]
+                slot["split"] = {"kind": "relu", "node": node, "index": int(k)}
+                slot["children"] = kids
+                stack.extend([(a, kids[0]), (c, kids[1])])
+            else:
+                row, bound, alphas, betas = leaves[ident]
+                slot["leaf"] = {"row": int(row), "bound": float(bound), "box": [self.lower, self.upper],
+                                "alphas": alphas, "betas": betas}
+        return out
+
+
+class Pending:
+    """Pending domains as stacked tensors: splits, warm-start alphas / betas, ids, depths."""
+
+    def __init__(self, tensors: dict[str, dict[str, torch.Tensor]], ids: torch.Tensor, depth: torch.Tensor):
+        self.tensors, self.ids, self.depth = tensors, ids, depth
+
+    def __len__(self) -> int:
+        """Number of pending domains."""
+        return int(self.ids.shape[0])
+
+    def pop(self, n: int) -> "Pending":
+        """Remove and return the last ``n`` domains (depth first)."""
+        k = len(self) - n
+        taken = {g: {name: t[k:] for name, t in d.items()} for g, d in self.tensors.items()}
+        self.tensors = {g: {name: t[:k] for name, t in d.items()} for g, d in self.tensors.items()}
+        out = Pending(taken, self.ids[k:], self.depth[k:])
+        self.ids, self.depth = self.ids[:k], self.depth[:k]
+        return out
+
+    def push(self, other: "Pending") -> None:
+        """Append ``other``'s domains."""
+        self.tensors = {g: {name: torch.cat([t, other.tensors[g][name]]) for name, t in d.items()}
+                        for g, d in self.tensors.items()}
+        self.ids, self.depth = torch.cat([self.ids, other.ids]), torch.cat([self.depth, other.depth])
+
+    def bytes_per_domain(self) -> int:
+        """Memory one domain takes."""
+        return sum(t[0].numel() * t.element_size() for d in self.tensors.values() for t in d.values()) + 16
+
+
+@dataclass
+class _Search:
+    """State shared by the steps of one search."""
+
+    engine: object
+    box: tuple[torch.Tensor, torch.Tensor]
+    C: torch.Tensor
+    b: torch.Tensor
+    reference: dict
+    options: ReluSplitOptions
+    validate: Callable
+    log: ReluSplitLog
+    deadline: float
+    next_id: int = 1
+    visited: int = 0
+    max_depth: int = 0
+
+
+def relu_split(engine, graph, lower: np.ndarray, upper: np.ndarray, A: np.ndarray, b: np.ndarray,
+               validate: Callable[[np.ndarray], object], deadline: float, config: BabConfig,
+               device=None, options: ReluSplitOptions = ReluSplitOptions()) -> SplitOutcome:
+    """Prove ``A f(x) <= b`` unreachable over the box by ReLU splitting, or find a validated counterexample.
+
+    ``graph`` is the model's graph (the engine's copy is used for bounds and attacks); ``device``
+    defaults to the engine's. Statuses: holds (log complete), violated, timeout, unknown (domain
+    or memory limit, or a domain with nothing left to split).
+    """
+    t0 = time.monotonic()
+    dev = engine.device
+    if device is not None and torch.device(device).type != dev.type:
+        raise ValueError(f"relu_split: device {device} differs from the engine's {dev}")
+    tensor = lambda a: torch.as_tensor(np.array(a), dtype=engine.dtype, device=dev)
+    shape = (1,) + tuple(engine.graph.input_shape)
+    box = (tensor(lower).reshape(shape), tensor(upper).reshape(shape))
+    C, bt = tensor(A).unsqueeze(0), tensor(b)
+    log = ReluSplitLog(np.asarray(lower, dtype=np.float64).reshape(-1), np.asarray(upper, dtype=np.float64).reshape(-1))
+    reference, init = _root_reference(engine, box, C, options)
+    s = _Search(engine, box, C, bt, reference, options, validate, log, deadline)
+    root = Pending({"splits": {}, "alphas": init, "betas": {}}, torch.zeros(1, dtype=torch.long, device=dev),
+                   torch.zeros(1, dtype=torch.long, device=dev))
+    return _loop(s, root, config, deadline, t0)
+
+
+def _root_reference(engine, box, C, options: ReluSplitOptions):
+    """Intermediate bounds valid on the whole box, and the root's objective alphas to start from."""
+    if options.bounds not in BOUND_MODES:
+        raise ValueError(f"unknown bounds mode {options.bounds!r} (known: {', '.join(BOUND_MODES)})")
+    if options.bounds == "checker":
+        return None, {}
+    cfg = AlphaConfig(iterations=options.root_iterations, early_stop=False)
+    res = engine.compute(box[0], box[1], C, method="alpha", alpha=cfg, want_upper=False)
+    init = dict(res.alphas[SPEC].slopes) if res.alphas and SPEC in res.alphas else {}
+    return res.intermediate, init
+
+
+def _loop(s: _Search, pending: Pending, config: BabConfig, deadline: float, t0: float) -> SplitOutcome:
+    """Bound, prove, attack and split batches of pending domains until none is left or a limit hits."""
+    batch, first, per_domain = max(1, config.batch), True, 0.0
+    while len(pending):
+        if time.monotonic() >= deadline:
+            return SplitOutcome("timeout", log=s.log, stats=_stats(s, pending, t0))
+        cap = min(config.max_domains, s.options.max_memory_bytes // pending.bytes_per_domain())
+        if len(pending) > cap:
+            return SplitOutcome("unknown", log=s.log, stats=_stats(s, pending, t0, "domain limit"))
+        fits = int((deadline - time.monotonic()) / per_domain) if per_domain > 0 else batch
+        dom = pending.pop(max(1, min(batch, len(pending), fits)))  # a batch should end before the deadline
+        t_batch = time.monotonic()
+        cfg = _with_iterations(s.options.beta, s.options.root_iterations) if first else s.options.beta
+        try:
+            res = _bound(s, dom, cfg)
+        except _OOM:
+            pending.push(dom)
+            if batch == 1:
+                return SplitOutcome("unknown", log=s.log, stats=_stats(s, pending, t0, "out of memory"))
+            batch = max(1, batch // 2)
+            continue
+        first = False
+        per_domain = max(per_domain * 0.5, (time.monotonic() - t_batch) / len(dom))
+        s.visited += len(dom)
+        outcome = _settle(s, dom, res, pending)
+        if outcome is not None:
+            outcome.stats = _stats(s, pending, t0, outcome.stats.get("note", ""))
+            return outcome
+    return SplitOutcome("holds", log=s.log, stats=_stats(s, pending, t0))
+
+
+def _with_iterations(cfg: BetaConfig, iterations: int) -> BetaConfig:
+    """``cfg`` with another iteration count."""
+    return dataclasses.replace(cfg, iterations=iterations)
+
+
+def _bound(s: _Search, dom: Pending, cfg: BetaConfig):
+    """beta-CROWN bounds of a batch of domains."""
+    n = len(dom)
+    lo, hi = (t.expand((n,) + tuple(t.shape[1:])) for t in s.box)
+    return compute_domains(s.engine, lo, hi, s.C, dom.tensors["splits"], reference=s.reference,
+                           alphas=dom.tensors["alphas"], betas=dom.tensors["betas"], cfg=cfg,
+                           refine=s.options.bounds == "checker", deadline=s.deadline)
+
+
+def _settle(s: _Search, dom: Pending, res, pending: Pending) -> SplitOutcome | None:
+    """Log proved domains; attack and split the rest. A non-None outcome ends the search."""
+    margin = res.lower - s.b
+    best, row = margin.max(1)
+    proved = res.empty | (best > s.options.margin)
+    if s.options.bounds == "hybrid" and bool(proved.any()):
+        proved, res = _recheck(s, dom, res, proved)
+        margin = res.lower - s.b
+        best, row = margin.max(1)
+    for i in torch.nonzero(proved).flatten().tolist():
+        _log_leaf(s, dom, res, i, int(row[i]), float(best[i]))
+    open_ = torch.nonzero(~proved).flatten()
+    if not open_.numel():
+        return None
+    cex = _attack(s, res, margin, row, open_)
+    if cex is not None:
+        return SplitOutcome("violated", cex, s.log, {})
+    return _branch(s, dom, res, row, open_, pending)
+
+
+def _recheck(s: _Search, dom: Pending, res, proved: torch.Tensor):
+    """Re-bound the proved domains the checker's way; only those still proved stay proved.
+
+    Returns the new proved mask and ``res`` with the re-derived bounds and parameters of the
+    still-proved domains swapped in (so their leaves record what the checker will re-derive), and
+    the checker-way intermediate bounds of every re-bounded domain.
+    """
+    idx = torch.nonzero(proved).flatten()
+    sub = lambda d: {k: v[idx] for k, v in d.items()}
+    lo, hi = (t.expand((idx.numel(),) + tuple(t.shape[1:])) for t in s.box)
+    cfg = _with_iterations(s.options.beta, s.options.leaf_iterations)
+    again = compute_domains(s.engine, lo, hi, s.C, sub(dom.tensors["splits"]), alphas=sub(res.alphas),
+                            betas=sub(res.betas), cfg=cfg, refine=True, deadline=s.deadline)
+    ok = again.empty | ((again.lower - s.b).max(1).values > s.options.margin)
+    keep = idx[ok]
+    lower = res.lower.clone()
+    lower[keep] = again.lower[ok]
+    for table, new in ((res.alphas, again.alphas), (res.betas, again.betas)):
+        for name, t in new.items():
+            table[name] = table[name].clone()
+            table[name][keep] = t[ok]
+    bounds = {}
+    for name, (b_lo, b_hi) in res.bounds.items():  # failed domains branch on the checker-way bounds too
+        b_lo, b_hi = b_lo.clone(), b_hi.clone()
+        b_lo[idx], b_hi[idx] = again.bounds[name][0], again.bounds[name][1]
+        bounds[name] = (b_lo, b_hi)
+    new_proved = torch.zeros_like(proved)
+    new_proved[keep] = True
+    empty = res.empty.clone()
+    empty[idx] = again.empty & ok
+    return new_proved, BetaResult(lower, res.alphas, res.betas, bounds, empty, res.coeffs, res.input_A)
+
+
+def _log_leaf(s: _Search, dom: Pending, res, i: int, row: int, bound: float) -> None:
+    """Record a proved domain with its objective alphas and its betas in path order."""
+    ident = int(dom.ids[i])
+    lo_hi = res.bounds
+    alphas = {}
+    for name, t in res.alphas.items():
+        node = s.engine.nodes[name]
+        if s.engine.graph.node_map[name].op != "relu":
+            continue
+        lo, hi = lo_hi[node.inputs[0]]
+        if bool(((lo[i] < 0) & (hi[i] > 0)).any()):
+            alphas[name] = t[i, row].detach().double().cpu().numpy()
+    path = s.log.path(ident)
+    betas = None
+    if path:
+        betas = np.array([float(res.betas[node][i, row].flatten()[k]) if node in res.betas else 0.0
+                          for node, k in path], dtype=np.float64)
+    claim = bound if bound > 0 else EMPTY_CLAIM  # only empty domains are logged without a positive bound
+    s.log.leaves.append((ident, row, claim, alphas, betas))
+
+
+def _attack(s: _Search, res, margin, row, open_) -> object:
+    """PGD on the region box from the bound minimisers of the least-proved open domains."""
+    if res.input_A is None or s.options.attack_domains <= 0:
+        return None
+    order = open_[margin[open_].max(1).values.argsort()][: s.options.attack_domains]
+    A_x = res.input_A[order, row[order]]
+    lo, hi = s.box
+    x = torch.where(A_x > 0, lo, hi).detach()
+    graph, C, b = s.engine.graph, s.C[0], s.b
+    step = (hi - lo) / 4
+    for it in range(s.options.attack_steps + 1):
+        x.requires_grad_(True)
+        with torch.enable_grad():
+            y = graph.forward(x).reshape(x.shape[0], -1)
+            worst = (y @ C.T - b).max(1).values
+            grad = torch.autograd.grad(worst.sum(), x)[0] if it < s.options.attack_steps else None
+        x = x.detach()
+        cex = _try(s, x, worst.detach())
+        if cex is not None or grad is None:
+            return cex
+        x = torch.minimum(torch.maximum(x - step * grad.sign(), lo), hi)
+        step = step * 0.7
+    return None
+
+
+def _try(s: _Search, x, worst) -> object:
+    """Hand the candidates in the unsafe polytope (most violating first, at most 4) to ``validate``."""
+    cand = torch.nonzero(worst <= 0).flatten()
+    for i in cand[worst[cand].argsort()][:4].tolist():
+        cex = s.validate(x[i].double().cpu().numpy().reshape(-1))
+        if cex is not None:
+            return cex
+    return None
+
+
+def _branch(s: _Search, dom: Pending, res, row, open_, pending: Pending) -> SplitOutcome | None:
+    """Split every open domain on its best-scored neuron; children inherit alphas and betas."""
+    splits = {k: v[open_] for k, v in dom.tensors["splits"].items()}
+    scores = relu_scores(s.engine, _rows_of(res, open_), row[open_], splits)
+    if not scores:
+        return SplitOutcome("unknown", log=s.log, stats={"note": "the network has no relu to split"})
+    names, pos, index = choose_neurons(scores)
+    if bool((pos < 0).any()):
+        return SplitOutcome("unknown", log=s.log, stats={"note": "a domain has no unstable relu left to split"})
+    k, dev = open_.numel(), open_.device
+    for name in names:
+        if name not in splits:
+            size = s.engine.nodes[name].size
+            splits[name] = torch.zeros((k, size), dtype=torch.int8, device=dev)
+    inactive = {n: t.clone() for n, t in splits.items()}
+    active = {n: t.clone() for n, t in splits.items()}
+    ar = torch.arange(k, device=dev)
+    for j, name in enumerate(names):
+        sel = ar[pos == j]
+        inactive[name][sel, index[sel]] = -1
+        active[name][sel, index[sel]] = 1
+    ids = torch.arange(s.next_id, s.next_id + 2 * k, device=dev).reshape(2, k)
+    s.next_id += 2 * k
+    parents = dom.ids[open_]
+    for p, j, ix, a, c in zip(parents.tolist(), pos.tolist(), index.tolist(), ids[0].tolist(), ids[1].tolist()):
+        s.log.add_split(p, names[j], ix, a, c)
+    warm = {g: {n: torch.cat([t[open_].detach()] * 2) for n, t in src.items()}
+            for g, src in (("alphas", res.alphas), ("betas", res.betas))}
+    tensors = {"splits": {n: torch.cat([inactive[n], active[n]]) for n in names}, **warm}
+    depth = torch.cat([dom.depth[open_] + 1] * 2)
+    s.max_depth = max(s.max_depth, int(depth.max()))
+    _merge_push(pending, Pending(tensors, torch.cat([ids[0], ids[1]]), depth))
+    return None
+
+
+def _rows_of(res, open_):
+    """A view of ``res`` restricted to the open domains (bounds and coefficients)."""
+    pick = lambda d: {k: v[open_] for k, v in d.items()}
+    bounds = {k: (lo[open_] if lo.shape[0] > 1 else lo, hi[open_] if hi.shape[0] > 1 else hi)
+              for k, (lo, hi) in res.bounds.items()}
+    return BetaResult(res.lower[open_], pick(res.alphas), pick(res.betas), bounds, res.empty[open_],
+                      pick(res.coeffs), None)
+
+
+def _merge_push(pending: Pending, new: Pending) -> None:
+    """Push ``new`` onto ``pending``, first giving either side the tensors only the other has (zeros)."""
+    if len(pending) == 0:
+        pending.tensors, pending.ids, pending.depth = new.tensors, new.ids, new.depth
+        return
+    for g in new.tensors:
+        for name in set(new.tensors[g]) | set(pending.tensors[g]):
+            for side, other in ((pending, new), (new, pending)):
+                if name not in side.tensors[g]:
+                    like = other.tensors[g][name]
+                    side.tensors[g][name] = torch.zeros((len(side),) + tuple(like.shape[1:]), dtype=like.dtype,
+                                                        device=like.device)
+    pending.push(new)
+
+
+def _stats(s: _Search, pending: Pending, t0: float, note: str = "") -> dict:
+    """Search statistics for the outcome."""
+    return {"domains": s.visited, "pending": len(pending), "max_depth": s.max_depth, "leaves": len(s.log.leaves),
+            "time": round(time.monotonic() - t0, 4), **({"note": note} if note else {})}
