@@ -381,31 +381,31 @@ def count_unstable(graph, intermediate) -> int:
 
 
 def step_bab(run: Run) -> bool:
-    """Branch and bound on every open goal: input splitting for low-dimensional inputs."""
+    """Branch and bound on every open goal: input splitting for small inputs, else ReLU splitting."""
     from verifier.counterexample import validate
     from verifier.search.input_split import input_split
+    from verifier.search.relu_split import relu_split
 
     graph = run.model.graph
-    if graph.n_inputs > run.config.bab.input_split_max_dims:
-        run.note(f"bab: {graph.n_inputs} inputs, input splitting not used; no ReLU-split BaB yet")
-        return False
-    if run.config.method == "auto":
-        run.note(f"bab: input splitting ({graph.n_inputs} inputs)")
-    runner = _runner(run)
-    engine = _engine(run)
+    by_input = graph.n_inputs <= run.config.bab.input_split_max_dims
+    search, method = (input_split, "bab-input") if by_input else (relu_split, "bab-relu")
+    run.note(f"bab: {method} ({graph.n_inputs} inputs)")
+    runner, engine = _runner(run), _engine(run)
+    check = lambda x: validate(runner, run.spec, x, "bab", exact_inputs=run.config.exact_inputs)
     t0 = time.monotonic()
     try:
         for goal in run.open_goals():
             reg = run.spec.regions[goal.region]
             poly = reg.unsafe[goal.polytope]
-            out = input_split(engine, graph, reg.lower, reg.upper, poly.A, poly.b,
-                              lambda x: validate(runner, run.spec, x, "bab", exact_inputs=run.config.exact_inputs), run.deadline, run.config.bab, device=run.device)
-            run.note(f"bab input split region {goal.region} polytope {goal.polytope}: {out.status} {out.stats}")
+            out = search(engine, graph, reg.lower, reg.upper, poly.A, poly.b, check, run.deadline, run.config.bab,
+                         device=run.device)
+            run.note(f"{method} region {goal.region} polytope {goal.polytope}: {out.status} {out.stats}")
             if out.status == "violated":
-                return _violated(run, out.counterexample, "bab-input")
+                return _violated(run, out.counterexample, method)
             if out.status != "holds":
+                run.result.reason = f"{method}: {out.status} on region {goal.region} polytope {goal.polytope}"
                 return False
-            goal.proved, goal.method, goal.proof = True, "bab-input", out.log.tree()
+            goal.proved, goal.method, goal.proof = True, method, out.log.tree()
     finally:
         run.timed("bab", t0)
     return not run.open_goals()
