@@ -59,7 +59,8 @@ def check(graph: Graph, spec: Spec, cert: dict, model_sha256: str | None = None,
             where = f"proof (region {ri}, polytope {pi})"
             leaves = walk(tree, region.lower.copy(), region.upper.copy(), poly.A.shape[0], graph, arrays, where)
             n_leaves += len(leaves)
-            failed = _check_leaves(g, poly.A, poly.b, leaves, strict, reasons, notes, deadline)
+            root = root_bounds(g, region.lower, region.upper)
+            failed = _check_leaves(g, poly.A, poly.b, leaves, strict, reasons, notes, deadline, root)
             weak.extend((ri, pi, leaf) for leaf in failed)
     except CertificateError as e:
         reasons.append(str(e))
@@ -137,7 +138,8 @@ def _proofs(cert: dict, spec: Spec):
 
 
 def _check_leaves(graph: Graph, A: np.ndarray, b: np.ndarray, leaves: list[Leaf], strict: bool,
-                  reasons: list[str], notes: list[str], deadline: float | None = None) -> list[Leaf]:
+                  reasons: list[str], notes: list[str], deadline: float | None = None,
+                  root: dict | None = None) -> list[Leaf]:
     """Re-derive the leaves' bounds in chunks and compare them with the claims; the leaves not > 0."""
     widest = max([graph.n_inputs] + [n.size for n in graph.nodes])
     chunk = max(1, min(1024, BUDGET // (64 * widest)))
@@ -146,7 +148,7 @@ def _check_leaves(graph: Graph, A: np.ndarray, b: np.ndarray, leaves: list[Leaf]
         if deadline is not None and time.monotonic() > deadline:
             raise CertificateError(f"check stopped at its deadline after {start} of {len(leaves)} leaves")
         part = leaves[start:start + chunk]
-        derived = leaf_bounds(graph, A, b, part)
+        derived = leaf_bounds(graph, A, b, part, root)
         for leaf, value in zip(part, derived.tolist()):
             _judge(leaf, value, strict, reasons, notes)
             if not value > 0:
@@ -166,14 +168,25 @@ def _judge(leaf: Leaf, value: float, strict: bool, reasons: list[str], notes: li
         notes.append(f"{leaf.where}: the split constraints make this domain empty")
 
 
-def leaf_bounds(graph: Graph, A: np.ndarray, b: np.ndarray, leaves: list[Leaf]) -> torch.Tensor:
-    """Re-derived lower bound [len(leaves)] of each leaf's row ``A_i y - b_i`` (+inf if its domain is empty)."""
+def root_bounds(graph: Graph, lower: np.ndarray, upper: np.ndarray) -> dict:
+    """Bounds of every value on the whole region box (valid on every leaf inside it)."""
+    dev, shape = _device_of(graph), (1,) + tuple(graph.input_shape)
+    box = [torch.tensor(v, dtype=torch.float64, device=dev).reshape(shape) for v in (lower, upper)]
+    bounds, _ = intermediate_bounds(graph, Domains(*box), BUDGET)
+    return bounds
+
+
+def leaf_bounds(graph: Graph, A: np.ndarray, b: np.ndarray, leaves: list[Leaf], root: dict | None = None) -> torch.Tensor:
+    """Re-derived lower bound [len(leaves)] of each leaf's row ``A_i y - b_i`` (+inf if its domain is empty).
+
+    ``root``: bounds on a domain containing all the leaves (see ``root_bounds``), intersected in.
+    """
     dev, f64 = _device_of(graph), torch.float64
     shape = (len(leaves),) + tuple(graph.input_shape)
     lower = torch.as_tensor(np.stack([lf.lower for lf in leaves]), dtype=f64, device=dev).reshape(shape)
     upper = torch.as_tensor(np.stack([lf.upper for lf in leaves]), dtype=f64, device=dev).reshape(shape)
     dom, alphas, betas = _split_tensors(graph, leaves, dev)
-    bounds, empty = intermediate_bounds(graph, Domains(lower, upper, *dom), BUDGET)
+    bounds, empty = intermediate_bounds(graph, Domains(lower, upper, *dom), BUDGET, root)
     rows = torch.as_tensor(np.stack([A[lf.row] for lf in leaves]), dtype=f64, device=dev)
     rhs = torch.as_tensor(np.array([b[lf.row] for lf in leaves]), dtype=f64, device=dev)
     value = objective_lower(graph, Pass(bounds, alphas, betas), rows, rhs)

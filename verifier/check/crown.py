@@ -181,12 +181,109 @@ def _back_maxpool(node: Node, A: torch.Tensor, p: Pass):
     return [A_in.reshape(A.shape[:2] + tuple(l.shape[1:]))], (An * top.unsqueeze(1)).flatten(2).sum(2)
 
 
+# ---------------------------------------------------------------------------------- smooth ops
+_PERIOD = 2 * math.pi
+
+
+def _shifted(a: torch.Tensor, l: torch.Tensor) -> list[torch.Tensor]:
+    """a + 2 pi k for the k that put it in [l, l + 4 pi)."""
+    k = torch.floor((l - a) / _PERIOD)
+    return [a + _PERIOD * (k + j) for j in range(3)]
+
+
+def _stationary(node: Node, s: torch.Tensor, l: torch.Tensor) -> list[torch.Tensor]:
+    """Points where f'(z) = s for the smooth op of ``node`` (extra points are harmless)."""
+    op = node.op
+    if op == "pow":
+        n = int(node.attrs["exponent"])
+        r = (s.abs() / n) ** (1.0 / (n - 1))
+        return [r, -r]
+    if op in ("sin", "cos"):
+        a = torch.acos(s.clamp(-1.0, 1.0))
+        off = 0.0 if op == "sin" else -math.pi / 2          # cos z = sin(z + pi/2)
+        return _shifted(a + off, l) + _shifted(-a + off, l)
+    if op == "exp":
+        return [torch.log(s.clamp(min=1e-300))]
+    if op == "reciprocal":
+        r = torch.sqrt(1.0 / (-s).clamp(min=1e-300))
+        return [r, -r]
+    return [0.25 / (s * s).clamp(min=1e-300)]          # sqrt
+
+
+_SMOOTH_F = {"pow": lambda node, z: z ** int(node.attrs["exponent"]), "sin": lambda node, z: torch.sin(z),
+             "cos": lambda node, z: torch.cos(z), "exp": lambda node, z: torch.exp(z),
+             "reciprocal": lambda node, z: 1.0 / z, "sqrt": lambda node, z: torch.sqrt(z.clamp(min=0))}
+
+
+def _smooth_lines(node: Node, l: torch.Tensor, u: torch.Tensor):
+    """(s, b_lo, b_hi): s z + b_lo <= f(z) <= s z + b_hi on [l, u], s = chord slope (0 if degenerate).
+
+    The intercepts are the extremes of f(z) - s z, attained at an end or a stationary point.
+    Outside the op's domain (reciprocal across 0, sqrt below 0) the lines are infinite.
+    """
+    f = _SMOOTH_F[node.op]
+    width = u - l
+    flat = width <= 1e-12 * (1 + l.abs() + u.abs())
+    s = torch.where(flat, torch.zeros_like(l), (f(node, u) - f(node, l)) / torch.where(flat, torch.ones_like(l), width))
+    cands = [l, u] + [torch.where((z >= l) & (z <= u), z, l) for z in _stationary(node, s, l)]
+    g = torch.stack([f(node, z) - s * z for z in cands])
+    b_lo, b_hi = g.amin(0), g.amax(0)
+    pad = 1e-9 * (1 + b_lo.abs() + b_hi.abs() + s.abs() * (l.abs() + u.abs()))
+    b_lo, b_hi = b_lo - pad, b_hi + pad
+    if node.op in ("sin", "cos"):
+        full = width >= _PERIOD
+        s = torch.where(full, torch.zeros_like(s), s)
+        b_lo, b_hi = torch.where(full, -torch.ones_like(s), b_lo), torch.where(full, torch.ones_like(s), b_hi)
+    bad = ~(torch.isfinite(s) & torch.isfinite(b_lo) & torch.isfinite(b_hi))
+    if node.op == "reciprocal":
+        bad |= (l <= 0) & (u >= 0)
+    if node.op == "sqrt":
+        bad |= l < 0
+    inf = torch.full_like(s, math.inf)
+    return torch.where(bad, torch.zeros_like(s), s), torch.where(bad, -inf, b_lo), torch.where(bad, inf, b_hi)
+
+
+def _signed_bias(A: torch.Tensor, b_lo: torch.Tensor, b_hi: torch.Tensor) -> torch.Tensor:
+    """sum(A+ * b_lo + A- * b_hi) over the value dims, NaN-free for infinite intercepts where A = 0."""
+    zero = torch.zeros_like(A)
+    return _sum_rows(torch.where(A > 0, A * b_lo, zero) + torch.where(A < 0, A * b_hi, zero))
+
+
+def _back_smooth(node: Node, A: torch.Tensor, p: Pass):
+    """Two parallel lines: A_in = A * s; intercept by the sign of A."""
+    l, u = p.bounds[node.inputs[0]]
+    s, b_lo, b_hi = (t.unsqueeze(1) for t in _smooth_lines(node, l, u))
+    return [A * s], _signed_bias(A, b_lo, b_hi)
+
+
+def _back_mul(node: Node, A: torch.Tensor, p: Pass):
+    """x * y >= / <= the mean of the two McCormick planes of each side."""
+    (lx, ux), (ly, uy) = ((t[0].unsqueeze(1), t[1].unsqueeze(1)) for t in (p.bounds[i] for i in node.inputs))
+    b_lo, b_hi = -(lx * ly + ux * uy) / 2, -(lx * uy + ux * ly) / 2
+    return [A * (ly + uy) / 2, A * (lx + ux) / 2], _signed_bias(A, b_lo, b_hi)
+
+
+def _back_matmul(node: Node, A: torch.Tensor, p: Pass):
+    """x1 @ x2: the mean McCormick planes of every product term, summed over the inner dim."""
+    (l1, u1), (l2, u2) = ((t[0].unsqueeze(1), t[1].unsqueeze(1)) for t in (p.bounds[i] for i in node.inputs))
+    b_lo, b_hi = -(l1 @ l2 + u1 @ u2) / 2, -(l1 @ u2 + u1 @ l2) / 2
+    A1 = A @ ((l2 + u2) / 2).transpose(-1, -2)
+    A2 = ((l1 + u1) / 2).transpose(-1, -2) @ A
+    return [A1, A2], _signed_bias(A, b_lo, b_hi)
+
+
+SMOOTH = frozenset(_SMOOTH_F) | {"mul", "matmul"}
+
+
 BACKWARD: dict[str, Callable] = {
     "linear": _back_linear, "conv": _back_conv, "affine": _back_affine, "add": _back_add,
     "reshape": _back_reshape, "gather": _back_gather, "concat": _back_concat, "maxpool": _back_maxpool,
     "relu": _back_elementwise, "leaky_relu": _back_elementwise,
     "sigmoid": _back_elementwise, "tanh": _back_elementwise,
+    "pow": _back_smooth, "sin": _back_smooth, "cos": _back_smooth, "exp": _back_smooth,
+    "reciprocal": _back_smooth, "sqrt": _back_smooth, "mul": _back_mul, "matmul": _back_matmul,
 }
+
 
 
 def backward(graph: Graph, start: str, A: torch.Tensor, p: Pass) -> torch.Tensor:
@@ -220,8 +317,8 @@ def _box_lower(A: torch.Tensor, lu: Interval) -> torch.Tensor:
 def _needs_bounds(graph: Graph) -> dict[str, bool]:
     """Values feeding a nonlinear op -> whether all neurons need CROWN (True) or only unstable ones.
 
-    Inputs of ops without a backward rule (boxed in ``backward``) are tightened in full when they
-    have at most ``BOX_TIGHTEN_MAX`` neurons, so the box of such a node comes from CROWN-tight inputs.
+    Inputs of the smooth / bilinear ops and of ops without a backward rule (boxed in ``backward``)
+    are tightened in full when they have at most ``BOX_TIGHTEN_MAX`` neurons (IBP beyond that).
     """
     need: dict[str, bool] = {}
     sizes = {n.name: n.size for n in graph.nodes}
@@ -229,7 +326,7 @@ def _needs_bounds(graph: Graph) -> dict[str, bool]:
         if node.op in NONLINEAR:
             v = node.inputs[0]
             need[v] = need.get(v, False) or node.op not in ("relu", "leaky_relu")
-        elif node.op not in BACKWARD:
+        elif node.op in SMOOTH or node.op not in BACKWARD:
             for v in node.inputs:
                 if v != graph.input_name and sizes[v] <= BOX_TIGHTEN_MAX:
                     need[v] = True
@@ -269,8 +366,13 @@ def _clamp(name: str, lu: Interval, dom: Domains, empty: torch.Tensor) -> Interv
     return torch.minimum(l, u), torch.maximum(l, u)
 
 
-def intermediate_bounds(graph: Graph, dom: Domains, budget: int = 1 << 24) -> tuple[dict[str, Interval], torch.Tensor]:
-    """Bounds of every value on each leaf domain, and the mask [B] of domains proved empty."""
+def intermediate_bounds(graph: Graph, dom: Domains, budget: int = 1 << 24,
+                        root: dict[str, Interval] | None = None) -> tuple[dict[str, Interval], torch.Tensor]:
+    """Bounds of every value on each leaf domain, and the mask [B] of domains proved empty.
+
+    ``root``: bounds valid on a domain containing every leaf (the proof's region box, no splits),
+    shape [1, *shape]; they are intersected in before the splits clamp.
+    """
     empty = torch.zeros(dom.lower.shape[0], dtype=torch.bool, device=dom.lower.device)
     need = _needs_bounds(graph)
     box = _clamp(graph.input_name, (dom.lower, dom.upper), dom, empty)
@@ -285,7 +387,8 @@ def intermediate_bounds(graph: Graph, dom: Domains, budget: int = 1 << 24) -> tu
             f_lo, f_hi = forward.concretize(fn, *box)
             lu = (torch.maximum(lu[0], f_lo), torch.minimum(lu[1], f_hi))
         if node.name in need:
-            lu = _tighten(graph, node.name, lu, p, need[node.name], budget)
+            if node.op in BACKWARD:     # a boxed node (no backward rule) cannot tighten itself
+                lu = _tighten(graph, node.name, lu, p, need[node.name], budget)
             lu = _clamp(node.name, lu, dom, empty)
         bounds[node.name] = lu
         if fns is not None:
