@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from verifier.bounds.box import outward_box
+from verifier.bounds.nonlinear import ZeroInIntervalError
 from verifier.certify import bound_leaf
 from verifier.config import VerifyConfig
 from verifier.result import Result, Verdict
@@ -126,6 +127,9 @@ def verify(model, spec, config: VerifyConfig | None = None) -> Result:
     try:
         with cpu_threads(_threads(run)):
             _run_route(run)
+    except ZeroInIntervalError as exc:  # e.g. a division whose denominator's bounds contain 0
+        result.verdict, result.counterexample = Verdict.UNKNOWN, None
+        result.reason = f"bounds undefined: {exc}"
     except Exception as exc:  # a bug or resource failure must not take the caller down
         result.verdict, result.counterexample = Verdict.ERROR, None
         result.reason = f"internal error: {type(exc).__name__}: {exc}"
