@@ -133,3 +133,37 @@ def test_zero_budget_ends_in_timeout_or_unknown(tmp_path):
     assert res.verdict in (Verdict.TIMEOUT, Verdict.UNKNOWN, Verdict.VIOLATED)
     if res.verdict is Verdict.VIOLATED:
         assert res.counterexample is not None
+
+
+def write_bnn(path: Path, seed: int) -> None:
+    """Sign -> MatMul(+-1) -> Add -> batch-norm (Mul, Add) -> Sign -> MatMul: a binarized net on 8 inputs."""
+    rng = np.random.default_rng(seed)
+    inits = {"w1": (rng.integers(0, 2, (8, 6)) * 2 - 1).astype(np.float32), "b1": rng.integers(-2, 3, 6).astype(np.float32),
+             "g": rng.uniform(0.5, 1.5, 6).astype(np.float32), "beta": rng.normal(size=6).astype(np.float32),
+             "w2": rng.normal(size=(6, 2)).astype(np.float32)}
+    nodes = [helper.make_node("Sign", ["x"], ["s0"]), helper.make_node("MatMul", ["s0", "w1"], ["m1"]),
+             helper.make_node("Add", ["m1", "b1"], ["a1"]), helper.make_node("Mul", ["a1", "g"], ["n1"]),
+             helper.make_node("Add", ["n1", "beta"], ["n2"]), helper.make_node("Sign", ["n2"], ["s1"]),
+             helper.make_node("MatMul", ["s1", "w2"], ["y"])]
+    graph = helper.make_graph(nodes, "bnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+
+
+@pytest.mark.parametrize("delta", [-0.5, 0.5])
+def test_binarized_network_goes_to_sat_and_matches_enumeration(tmp_path, delta):
+    """Every reachable sign pattern comes from inputs in {-1, 0, 1}: enumerate them on onnxruntime."""
+    import itertools
+
+    onnx_path, spec = tmp_path / "bnn.onnx", tmp_path / "p.vnnlib"
+    write_bnn(onnx_path, 11)
+    points = np.array(list(itertools.product([-1.0, 0.0, 1.0], repeat=8)))
+    from verifier.model.reference import OnnxRunner
+
+    ys = OnnxRunner(str(onnx_path)).run(points)
+    d_min = float((ys[:, 0] - ys[:, 1]).min())
+    write_spec(spec, [-1.0] * 8, [1.0] * 8, [({0: 1.0, 1: -1.0}, d_min + delta)], 2)
+    res = verify(str(onnx_path), str(spec), VerifyConfig(timeout=60))
+    assert res.route == "sat"
+    assert res.verdict is (Verdict.VIOLATED if delta > 0 else Verdict.HOLDS), res.reason

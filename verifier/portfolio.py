@@ -435,7 +435,6 @@ def _runner(run: Run):
 
 def step_milp(run: Run) -> bool:
     """Exact MILP on each open goal, when the network is small enough (or MILP was asked for)."""
-    from verifier.counterexample import validate
     from verifier.exact.milp import MilpUnsupported, verify_milp
 
     unstable = run.unstable
@@ -454,11 +453,7 @@ def step_milp(run: Run) -> bool:
                 return False
             run.note(f"milp region {goal.region} polytope {goal.polytope}: {out.status} ({out.backend}; {out.reason})")
             if out.status == "violated":
-                cex = validate(_runner(run), run.spec, out.x, "milp", exact_inputs=run.config.exact_inputs)
-                if cex is not None:
-                    return _violated(run, cex, "milp")
-                run.note("milp: solver witness not confirmed by onnxruntime")
-                return False
+                return _solver_witness(run, out.x, "milp")
             if out.status != "holds":
                 return False
             goal.proved, goal.method, goal.best_lower = True, f"milp-{out.backend}", max(goal.best_lower, out.bound or 0.0)
@@ -470,7 +465,6 @@ def step_milp(run: Run) -> bool:
 
 def step_sat(run: Run) -> bool:
     """Binarized network: exact SAT encoding; UNSAT proves holds, a model is re-validated."""
-    from verifier.counterexample import validate
     from verifier.exact.bnn_sat import verify_bnn_spec
 
     t0 = time.monotonic()
@@ -478,16 +472,24 @@ def step_sat(run: Run) -> bool:
     run.timed("sat", t0)
     run.note(f"sat: {out.status} ({out.reason})")
     if out.status == "violated":
-        cex = validate(_runner(run), run.spec, out.x, "sat", exact_inputs=run.config.exact_inputs)
-        if cex is not None:
-            return _violated(run, cex, "sat")
-        run.note("sat: witness not confirmed by onnxruntime")
-    elif out.status == "holds":
+        return _solver_witness(run, out.x, "sat")
+    if out.status == "holds":
         for g in run.goals:
             g.proved, g.method = True, "sat"
         run.result.certificate_checked = False  # UNSAT is the SAT solver's word (no DRAT checker installed)
         return True
     run.result.reason = out.reason
+    return False
+
+
+def _solver_witness(run: Run, x, source: str) -> bool:
+    """An exact solver's witness counts only once onnxruntime confirms it on the original file."""
+    from verifier.counterexample import validate
+
+    cex = validate(_runner(run), run.spec, x, source, exact_inputs=run.config.exact_inputs)
+    if cex is not None:
+        return _violated(run, cex, source)
+    run.note(f"{source}: solver witness not confirmed by onnxruntime")
     return False
 
 

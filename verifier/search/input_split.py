@@ -17,6 +17,7 @@ import torch
 
 from verifier.bounds.box import outward_box
 from verifier.config import BabConfig
+from verifier.search.prooftree import split_tree
 
 
 @dataclass
@@ -27,29 +28,15 @@ class SplitLog:
     leaves: list[tuple[int, int, float]] = field(default_factory=list)   # (id, row, claimed bound)
 
     def tree(self, root: int = 0) -> dict:
-        """The certificate TREE (see docs/certificate.md) rooted at domain ``root``."""
-        children = {p: (d, at, lo, hi) for p, d, at, lo, hi in self.splits}
-        leaves = {i: (row, bound) for i, row, bound in self.leaves}
-        return _subtree(root, children, leaves)
+        """The certificate TREE (see docs/certificate.md) rooted at domain ``root``.
 
-
-def _subtree(node: int, children: dict, leaves: dict) -> dict:
-    """Iteratively build the nested tree dict (proofs can be deep)."""
-    root: dict = {}
-    stack = [(node, root)]
-    while stack:
-        ident, slot = stack.pop()
-        if ident in children:
-            dim, at, low, high = children[ident]
-            kids = [{}, {}]
-            slot["split"] = {"kind": "input", "dim": int(dim), "at": float(at)}
-            slot["children"] = kids
-            stack.extend([(low, kids[0]), (high, kids[1])])
-        else:
-            row, bound = leaves[ident]
-            # no explicit box: the checker derives it in float64 from the region box and the split points
-            slot["leaf"] = {"row": int(row), "bound": float(bound), "box": None, "alphas": {}, "betas": None}
-    return root
+        Leaves carry no explicit box: the checker derives it in float64 from the region box and
+        the split points.
+        """
+        children = {p: ({"kind": "input", "dim": int(d), "at": float(at)}, lo, hi) for p, d, at, lo, hi in self.splits}
+        leaves = {i: {"row": int(row), "bound": float(bound), "box": None, "alphas": {}, "betas": None}
+                  for i, row, bound in self.leaves}
+        return split_tree(root, children, leaves)
 
 
 @dataclass

@@ -24,6 +24,7 @@ from verifier.bounds.beta import BetaConfig, BetaResult, compute_domains
 from verifier.config import AlphaConfig, BabConfig
 from verifier.search.branching import choose_neurons, relu_scores
 from verifier.search.input_split import SplitOutcome
+from verifier.search.prooftree import split_tree
 
 BOUND_MODES = ("checker", "root", "hybrid")
 EMPTY_CLAIM = 1e-12  # the bound claimed for a domain whose splits contradict its bounds (the checker re-derives it)
@@ -76,23 +77,10 @@ class ReluSplitLog:
 
     def tree(self, root: int = 0) -> dict:
         """The certificate TREE (docs/certificate.md) rooted at domain ``root``."""
-        children = {p: (node, k, a, c) for p, node, k, a, c in self.splits}
-        leaves = {i: rest for i, *rest in self.leaves}
-        out: dict = {}
-        stack = [(root, out)]
-        while stack:
-            ident, slot = stack.pop()
-            if ident in children:
-                node, k, a, c = children[ident]
-                kids = [{}, {}]
-                slot["split"] = {"kind": "relu", "node": node, "index": int(k)}
-                slot["children"] = kids
-                stack.extend([(a, kids[0]), (c, kids[1])])
-            else:
-                row, bound, alphas, betas = leaves[ident]
-                slot["leaf"] = {"row": int(row), "bound": float(bound), "box": [self.lower, self.upper],
-                                "alphas": alphas, "betas": betas}
-        return out
+        children = {p: ({"kind": "relu", "node": node, "index": int(k)}, a, c) for p, node, k, a, c in self.splits}
+        leaves = {i: {"row": int(row), "bound": float(bound), "box": [self.lower, self.upper],
+                      "alphas": alphas, "betas": betas} for i, row, bound, alphas, betas in self.leaves}
+        return split_tree(root, children, leaves)
 
 
 class Pending:
