@@ -113,7 +113,7 @@ def cmd_bounds(args) -> int:
         lo, hi = outward_box(region.lower, region.upper, torch.float32, None, (1,) + graph.input_shape)
         for pi, poly in enumerate(region.unsafe):
             t0 = time.monotonic()
-            res = engine.compute(lo, hi, torch.as_tensor(poly.A, dtype=torch.float32).unsqueeze(0), method=args.method)
+            res = engine.compute(lo, hi, torch.tensor(poly.A, dtype=torch.float32).unsqueeze(0), method=args.method)
             margins = res.lower[0].double().numpy() - poly.b
             cells = " ".join(f"{m:+.6g}" for m in margins)
             print(f"region {ri} polytope {pi} [{args.method}, {time.monotonic() - t0:.3f}s] "

@@ -239,7 +239,7 @@ class BoundEngine:
         if dom.splits:
             for relu, pre in self.split_input.items():
                 if pre == name and relu in dom.splits:
-                    s = dom.splits[relu].to(lo.device)
+                    s = dom.splits[relu].to(lo.device).reshape(lo.shape)  # flat [B, n] or [B, *shape]
                     lo = torch.where(s > 0, lo.clamp(min=0), lo)
                     hi = torch.where(s < 0, hi.clamp(max=0), hi)
         return lo, hi
