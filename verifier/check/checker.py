@@ -24,6 +24,7 @@ from verifier.spec.spec import Spec
 CLAIM_TOL = 1e-9     # relative slack between a claimed and a re-derived bound
 MAX_REASONS = 20     # failures listed individually before the rest are counted
 BUDGET = 1 << 24     # float64 elements per coefficient tensor (about 128 MiB)
+CHUNK = 64           # leaves re-derived together: small chunks keep CROWN rows to the few unstable neurons (24 s -> 5.6 s on a 7,484-leaf ACAS Xu proof)
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,7 @@ def _check_leaves(graph: Graph, A: np.ndarray, b: np.ndarray, leaves: list[Leaf]
                   root: dict | None = None) -> list[Leaf]:
     """Re-derive the leaves' bounds in chunks and compare them with the claims; the leaves not > 0."""
     widest = max([graph.n_inputs] + [n.size for n in graph.nodes])
-    chunk = max(1, min(1024, BUDGET // (64 * widest)))
+    chunk = max(1, min(CHUNK, BUDGET // (64 * widest)))
     failed: list[Leaf] = []
     for start in range(0, len(leaves), chunk):
         if deadline is not None and time.monotonic() > deadline:
