@@ -195,7 +195,7 @@ def _certified(run: Run) -> bool:
             run.result.certificate = cert
             run.result.certificate_checked = not any(g.proof is None for g in run.goals)
             return True
-        if len(report.weak) != len(report.reasons) or run.left() <= 0 or not _repair(run, report.weak):
+        if report.failures != len(report.weak) or run.left() <= 0 or not _repair(run, report.weak):
             break
     for g in run.goals:  # bound-propagation proofs no longer count; exact ones (no tree) still do
         g.proved = g.proved and g.proof is None

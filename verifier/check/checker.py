@@ -38,6 +38,7 @@ class CheckReport:
     notes: list[str] = field(default_factory=list)
     # leaves whose re-derived bound is not > 0: (region, polytope, leaf); a prover may split them further
     weak: list[tuple[int, int, Leaf]] = field(default_factory=list)
+    failures: int = 0   # every failure found (``reasons`` lists at most MAX_REASONS of them)
 
 
 def check(graph: Graph, spec: Spec, cert: dict, model_sha256: str | None = None, spec_sha256: str | None = None,
@@ -65,9 +66,10 @@ def check(graph: Graph, spec: Spec, cert: dict, model_sha256: str | None = None,
             weak.extend((ri, pi, leaf) for leaf in failed)
     except CertificateError as e:
         reasons.append(str(e))
+    failures = len(reasons)
     if len(reasons) > MAX_REASONS:
         reasons = reasons[:MAX_REASONS] + [f"... and {len(reasons) - MAX_REASONS} more failures"]
-    return CheckReport(not reasons, reasons, n_leaves, time.monotonic() - t0, notes, weak)
+    return CheckReport(not reasons, reasons, n_leaves, time.monotonic() - t0, notes, weak, failures)
 
 
 def check_files(model_path: str | Path, spec_path: str | Path, cert_path: str | Path, strict: bool = False,
