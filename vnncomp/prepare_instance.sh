@@ -3,21 +3,10 @@
 # instances and checks that the instance's files exist. Exit 0 = ready; non-zero = skip it.
 # Usage: prepare_instance.sh v1 CATEGORY ONNX VNNLIB
 set -u
-TOOL_NAME=nnverify
-VERSION_STRING=v1
-if [ "${1:-}" != "$VERSION_STRING" ]; then
-    echo "Expected first argument (version string) '$VERSION_STRING', got '${1:-}'" >&2
-    exit 1
-fi
-if [ $# -lt 4 ]; then
-    echo "Usage: $0 v1 CATEGORY ONNX VNNLIB" >&2
-    exit 1
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh" 4 "$0 v1 CATEGORY ONNX VNNLIB" "$@"
 CATEGORY=$2
 ONNX_FILE=$3
 VNNLIB_FILE=$4
-REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-CLI="${NNVERIFY_CLI:-$REPO_DIR/.venv/bin/nnverify}"
 echo "Preparing $TOOL_NAME for category '$CATEGORY', onnx '$ONNX_FILE', vnnlib '$VNNLIB_FILE'"
 
 # Only processes running our own CLI (matched by its full path), never ourselves.

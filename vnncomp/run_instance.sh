@@ -3,23 +3,12 @@
 # (first line sat / unsat / timeout / error / unknown; the witness follows a sat).
 # Usage: run_instance.sh v1 CATEGORY ONNX VNNLIB RESULTS_FILE TIMEOUT
 set -u
-TOOL_NAME=nnverify
-VERSION_STRING=v1
-if [ "${1:-}" != "$VERSION_STRING" ]; then
-    echo "Expected first argument (version string) '$VERSION_STRING', got '${1:-}'" >&2
-    exit 1
-fi
-if [ $# -lt 6 ]; then
-    echo "Usage: $0 v1 CATEGORY ONNX VNNLIB RESULTS_FILE TIMEOUT" >&2
-    exit 1
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh" 6 "$0 v1 CATEGORY ONNX VNNLIB RESULTS_FILE TIMEOUT" "$@"
 CATEGORY=$2
 ONNX_FILE=$3
 VNNLIB_FILE=$4
 RESULTS_FILE=$5
 TIMEOUT=$6
-REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-CLI="${NNVERIFY_CLI:-$REPO_DIR/.venv/bin/nnverify}"
 echo "Running $TOOL_NAME on category '$CATEGORY', onnx '$ONNX_FILE', vnnlib '$VNNLIB_FILE', timeout $TIMEOUT"
 
 rm -f "$RESULTS_FILE"
