@@ -140,10 +140,11 @@ def input_split(engine, graph, lower: np.ndarray, upper: np.ndarray, A: np.ndarr
             continue
         batch.inter = inter
         batch = batch.select(open_)
-        cex = _try_centres(graph, batch.lo, batch.hi, C, bt, validate)
+        centres, y, grad = centre_outputs(graph, batch.lo, batch.hi, C[0][row[open_]])
+        cex = _try_centres(centres, y, C, bt, validate)
         if cex is not None:
             return SplitOutcome("violated", cex, log, _stats(visited, len(queue), max_depth, t0))
-        dims = choose_dims(batch.lo, batch.hi, root_width, sensitivity(graph, batch.lo, batch.hi, C[0][row[open_]]))
+        dims = choose_dims(batch.lo, batch.hi, root_width, grad)
         if bool(((batch.hi - batch.lo).gather(1, dims[:, None]) <= 0).any()):
             return SplitOutcome("unknown", log=log, stats=_stats(visited, len(queue), max_depth, t0, "point box not proved"))
         low, high, next_id = _halves(batch, dims, next_id, log)
@@ -183,20 +184,20 @@ def _bound(engine, graph, batch: Pending, C, b, method):
     return res.lower - b, keep
 
 
-def sensitivity(graph, lo: torch.Tensor, hi: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """|d (row . f(x)) / dx| at each box centre [N, n]: how much each input moves the row to prove."""
+def centre_outputs(graph, lo: torch.Tensor, hi: torch.Tensor, rows: torch.Tensor):
+    """One forward/backward pass at the box centres: (centres [N, n], f(centres) [N, m], sensitivity).
+
+    The sensitivity |d (row . f(x)) / dx| [N, n] says how much each input moves the row to prove.
+    """
     x = ((lo + hi) / 2).detach().requires_grad_(True)
     with torch.enable_grad():
         y = graph.forward(x.reshape((x.shape[0],) + tuple(graph.input_shape))).reshape(x.shape[0], -1)
         (y * rows).sum().backward()
-    return x.grad.abs()
+    return x.detach(), y.detach(), x.grad.abs()
 
 
-def _try_centres(graph, lo, hi, C, b, validate):
-    """Evaluate box centres; validate (onnxruntime) the first that lands in the unsafe polytope."""
-    centres = (lo + hi) / 2
-    with torch.no_grad():
-        y = graph.forward(centres.reshape((lo.shape[0],) + tuple(graph.input_shape))).reshape(lo.shape[0], -1)
+def _try_centres(centres, y, C, b, validate):
+    """Validate (onnxruntime) the first few box centres whose outputs land in the unsafe polytope."""
     worst = (y @ C[0].T - b).max(dim=1).values
     for i in torch.nonzero(worst <= 0).flatten()[:8].tolist():
         cex = validate(centres[i].double().cpu().numpy())
