@@ -338,7 +338,8 @@ def _bound_region(run: Run, region: int, method: str) -> None:
     engine = _engine(run)
     box = outward_box(reg.lower, reg.upper, dtype, run.device, (1,) + graph.input_shape)
     Ct = torch.as_tensor(C, dtype=dtype, device=run.device).unsqueeze(0)
-    res = engine.compute(box[0], box[1], Ct, method=method, alpha=run.config.bounds.alpha)
+    res = engine.compute(box[0], box[1], Ct, method=method, alpha=run.config.bounds.alpha,
+                         deadline=run.deadline)
     run.intermediate[region] = res.intermediate
     if run.unstable is None:
         run.unstable = count_unstable(graph, res.intermediate)

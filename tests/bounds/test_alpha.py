@@ -1,6 +1,8 @@
 """alpha-CROWN: never worse than CROWN, alphas in [0, 1], reusable alphas, early stop."""
 from __future__ import annotations
 
+import time
+
 import torch
 
 from verifier.bounds import SPEC, BoundEngine
@@ -63,6 +65,22 @@ def test_early_stop_when_verified(helpers, nets):
     engine = BoundEngine(graph)
     res = engine.compute(x - 1e-3, x + 1e-3, C, method="alpha", alpha=AlphaConfig(iterations=50, early_stop=True))
     assert float(res.lower.min()) > 0
+
+
+def test_deadline_ends_the_iterations(helpers, nets, monkeypatch):
+    """A deadline already passed stops after the first evaluated iteration; the bound stays sound."""
+    graph, lo, hi, C = _setup(helpers, nets)
+    engine = BoundEngine(graph)
+    calls = []
+    original = engine.propagate
+    monkeypatch.setattr(engine, "propagate", lambda *a, **k: calls.append(k.get("alphas")) or original(*a, **k))
+    cfg = AlphaConfig(iterations=30, early_stop=False)
+    res = engine.compute(lo, hi, C, method="alpha", alpha=cfg, deadline=time.monotonic())
+    assert sum(a is not None for a in calls) == 1
+    helpers.assert_sound(res, graph, lo, hi, C=C, n=500)
+    calls.clear()
+    engine.compute(lo, hi, C, method="alpha", alpha=cfg, deadline=time.monotonic() + 60)
+    assert sum(a is not None for a in calls) == 30
 
 
 def test_alpha_on_other_activations(helpers, nets):

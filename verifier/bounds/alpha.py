@@ -11,6 +11,7 @@ plain CROWN bounds; the tightest bound seen per neuron / per objective is return
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -83,8 +84,10 @@ def _tightest(best_bounds: dict, bounds: dict) -> dict:
             for k, (lo, hi) in best_bounds.items()}
 
 
-def optimise_alphas(engine, box, dom, A_spec, m, cfg, reference, plan, alphas, crown_low):
+def optimise_alphas(engine, box, dom, A_spec, m, cfg, reference, plan, alphas, crown_low, deadline=None):
     """Adam on the sum of spec lower bounds; returns (best lower [B, R], tightest bounds, best alphas).
+
+    Stops after the iteration during which ``deadline`` (a ``time.monotonic()`` value) passes.
 
     The returned alphas are, per batch entry, those of the iteration with the best summed objective
     (evaluating them reproduces that iteration's bound, which may be below the per-row best).
@@ -108,7 +111,8 @@ def optimise_alphas(engine, box, dom, A_spec, m, cfg, reference, plan, alphas, c
         best_obj = torch.where(improved, obj, best_obj)
         _keep_best(best, alphas, improved)
         done = cfg.early_stop and bool((best_low[:, :m] > 0).all())
-        if done or it == n_eval - 1 or opt is None or not low.requires_grad:
+        late = deadline is not None and time.monotonic() >= deadline
+        if done or late or it == n_eval - 1 or opt is None or not low.requires_grad:
             break
         opt.zero_grad()
         (-low.sum()).backward()

@@ -71,12 +71,13 @@ class BoundEngine:
 
     # ------------------------------------------------------------------ public API
     def compute(self, lower, upper, C=None, *, method="crown", alpha=AlphaConfig(), intermediate=None,
-                splits=None, alphas=None, want_upper=True) -> BoundResult:
+                splits=None, alphas=None, want_upper=True, deadline=None) -> BoundResult:
         """Bounds of ``C @ y_flat`` (rows) over the box [lower, upper] (see package docs).
 
         ``alphas`` (method "alpha"): initial alpha values, e.g. a previous result's ``alphas``;
         with ``alpha.iterations == 0`` the bound is evaluated once with them (certificate check).
-        ``want_upper=False`` skips the upper bound (``upper`` is then None).
+        ``want_upper=False`` skips the upper bound (``upper`` is then None). ``deadline``
+        (``time.monotonic()``) ends the alpha iterations early, keeping the best bound so far.
         """
         if method not in METHODS:
             raise ValueError(f"unknown bound method {method!r} (known: {', '.join(METHODS)})")
@@ -91,7 +92,7 @@ class BoundEngine:
         if method != "alpha":
             return self._result(low, m, want_upper, bounds, None)
         init = initial_alphas(self, bounds, plan, A_spec.shape[1], alphas)
-        low, bounds, best = optimise_alphas(self, box, dom, A_spec, m, alpha, bounds, plan, init, low)
+        low, bounds, best = optimise_alphas(self, box, dom, A_spec, m, alpha, bounds, plan, init, low, deadline)
         return self._result(low, m, want_upper, bounds, best)
 
     def compute_domains(self, lower, upper, C, splits=None, **kwargs):
