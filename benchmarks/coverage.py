@@ -19,6 +19,7 @@ import csv
 import re
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -146,8 +147,9 @@ def _reference_solved(truth: dict) -> tuple[str, int]:
     return "", 0
 
 
-def verdict_family(folder: Path, timeout: float, limit: int | None, out_dir: Path, rows_csv: Path) -> dict:
-    """Part 2 for one family: run the CLI on each instance, append rows, return the counts."""
+def verdict_family(folder: Path, timeout: float, limit: int | None, out_dir: Path, rows_csv: Path,
+                   jobs: int = 1) -> dict:
+    """Part 2 for one family: run the CLI on each instance (``jobs`` at a time), append rows, return the counts."""
     truth = read_truth(folder / "truth.csv")
     instances = read_instances(folder)[:limit] if limit else read_instances(folder)
     config = RunnerConfig(max_timeout=timeout, grace=3.0)
@@ -155,20 +157,26 @@ def verdict_family(folder: Path, timeout: float, limit: int | None, out_dir: Pat
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
     counts = {"instances": len(instances), "sat": 0, "unsat": 0, "unknown": 0, "timeout": 0, "error": 0,
               "WRONG": 0, "truth_sat": 0, "truth_unsat": 0}
-    for inst in instances:
-        t = truth.get(inst.key, Truth("unknown", {})).truth
-        out = run_instance(inst, t, config, out_dir)
-        word = out.result if out.result in ("sat", "unsat", "timeout", "error") else "unknown"
-        counts[word] += 1
-        counts["WRONG"] += out.check == "WRONG"
-        counts["truth_" + t] = counts.get("truth_" + t, 0) + 1
-        with rows_csv.open("a", newline="") as f:
-            csv.writer(f).writerow([family_name(folder), inst.onnx, inst.vnnlib, out.result, out.time_s, t,
-                                    out.check, out.reason[:200]])
+    truths = [truth.get(inst.key, Truth("unknown", {})).truth for inst in instances]
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        outcomes = pool.map(lambda it: run_instance(it[0], it[1], config, out_dir), zip(instances, truths))
+        for inst, t, out in zip(instances, truths, outcomes):
+            _count(counts, folder, inst, t, out, rows_csv)
     col, n = _reference_solved({k: v for k, v in truth.items()
                                 if k in {i.key for i in instances}})
     counts["abcrown"] = f"{n} ({col})" if col else ""
     return counts
+
+
+def _count(counts: dict, folder: Path, inst, t: str, out, rows_csv: Path) -> None:
+    """Add one outcome to the family's counts and append its row to ``rows_csv``."""
+    word = out.result if out.result in ("sat", "unsat", "timeout", "error") else "unknown"
+    counts[word] += 1
+    counts["WRONG"] += out.check == "WRONG"
+    counts["truth_" + t] = counts.get("truth_" + t, 0) + 1
+    with rows_csv.open("a", newline="") as f:
+        csv.writer(f).writerow([family_name(folder), inst.onnx, inst.vnnlib, out.result, out.time_s, t,
+                                out.check, out.reason[:200]])
 
 
 # ----------------------------------------------------------------------------- output
@@ -207,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-coverage", action="store_true", help="skip part 1")
     p.add_argument("--timeout", type=float, default=10.0, help="per-instance timeout of the verdict run")
     p.add_argument("--limit", type=int, help="at most N instances per family in the verdict run")
+    p.add_argument("--jobs", type=int, default=1, help="instances of the verdict run at the same time")
     p.add_argument("--out", type=Path, default=RESULTS, help=f"output folder (default {RESULTS})")
     return p
 
@@ -236,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         table: dict[str, dict] = {}
         for folder in folders:
             table[family_name(folder)] = verdict_family(folder, args.timeout, args.limit,
-                                                         args.out / "runs" / family_name(folder), rows_csv)
+                                                         args.out / "runs" / family_name(folder), rows_csv, args.jobs)
             wrong += table[family_name(folder)]["WRONG"]
             (args.out / "verdicts.md").write_text(verdict_markdown(table, args.timeout))
             print(verdict_markdown(table, args.timeout).splitlines()[-1], file=sys.stderr, flush=True)
