@@ -47,10 +47,13 @@ def to_certificate(model_sha256: str, spec_sha256: str, proofs: list[tuple[int, 
 
 
 def certify(graph, spec, model_sha256: str, spec_sha256: str, proofs: list[tuple[int, int, dict]],
-            deadline: float | None = None):
-    """Build the certificate and check it independently (by ``deadline``): (certificate, CheckReport)."""
+            deadline: float | None = None, only: set[str] | None = None):
+    """Build the certificate and check it independently (by ``deadline``): (certificate, CheckReport).
+
+    ``only``: re-derive just the leaves under these tree paths (see ``verifier.check.check``).
+    """
     from verifier.check import check
 
     cert = to_certificate(model_sha256, spec_sha256, proofs)
-    report = check(graph, spec, cert, model_sha256, spec_sha256, deadline=deadline)
+    report = check(graph, spec, cert, model_sha256, spec_sha256, deadline=deadline, only=only)
     return cert, report

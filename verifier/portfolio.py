@@ -173,7 +173,8 @@ def _certified(run: Run) -> bool:
     """Check every bound-propagation proof with the independent checker; False demotes to unknown.
 
     Leaves the checker cannot re-derive (its plain float64 CROWN can be looser than the engine's
-    bounds) are split further and re-proved, a few rounds at most, before giving up.
+    bounds) are split further and re-proved, a few rounds at most, before giving up; each round
+    re-checks only the subtrees that replaced weak leaves.
     """
     from verifier.certify import certify
 
@@ -184,10 +185,12 @@ def _certified(run: Run) -> bool:
     if not any(g.proof is not None for g in run.goals):
         run.result.certificate_checked = not any(g.proof is None for g in run.goals)
         return True
-    for _ in range(4):
+    only = None   # after a repair, only the new subtrees need checking: every other leaf was accepted
+    for _ in range(6):
         proofs = [(g.region, g.polytope, g.proof) for g in run.goals if g.proof is not None]
         t0 = time.monotonic()
-        cert, report = certify(run.model.graph, run.spec, run.model.sha256, run.spec_sha256, proofs, run.deadline)
+        cert, report = certify(run.model.graph, run.spec, run.model.sha256, run.spec_sha256, proofs, run.deadline,
+                               only)
         run.timed("check", t0)
         run.note(f"certificate: {report.leaves} leaves, checked in {report.time:.3f}s: "
                  f"{'ok' if report.ok else f'{len(report.weak)} weak leaves' if report.weak else 'REJECTED'}")
@@ -197,6 +200,7 @@ def _certified(run: Run) -> bool:
             return True
         if report.failures != len(report.weak) or run.left() <= 0 or not _repair(run, report.weak):
             break
+        only = {leaf.where for _, _, leaf in report.weak}
     for g in run.goals:  # bound-propagation proofs no longer count; exact ones (no tree) still do
         g.proved = g.proved and g.proof is None
     run.result.certificate_checked = False

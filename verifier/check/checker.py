@@ -17,7 +17,7 @@ import torch
 
 from verifier.certificate import FORMAT, VERSION, CertificateError, load_certificate, sha256_file
 from verifier.check.crown import SUPPORTED, Domains, Pass, intermediate_bounds, objective_lower
-from verifier.check.tree import ArrayStore, Leaf, walk
+from verifier.check.tree import ArrayStore, Leaf, parent_path, walk
 from verifier.model.graph import Graph
 from verifier.spec.spec import Spec
 
@@ -42,8 +42,13 @@ class CheckReport:
 
 
 def check(graph: Graph, spec: Spec, cert: dict, model_sha256: str | None = None, spec_sha256: str | None = None,
-          strict: bool = False, device: str | torch.device = "cpu", deadline: float | None = None) -> CheckReport:
+          strict: bool = False, device: str | torch.device = "cpu", deadline: float | None = None,
+          only: set[str] | None = None) -> CheckReport:
     """Check certificate ``cert`` (a loaded JSON dict) for ``graph`` and ``spec``.
+
+    ``only`` (in-process re-checks): re-derive just the leaves under these tree paths (e.g. the
+    subtrees that replaced leaves an earlier check found weak); the structure is always checked
+    in full. Every leaf outside them must have been accepted by an earlier check of the same tree.
 
     With ``strict``, a leaf whose claimed bound exceeds the re-derived one (beyond a 1e-9 relative
     tolerance) is rejected; by default it is accepted with a note as long as the re-derived bound
@@ -59,10 +64,14 @@ def check(graph: Graph, spec: Spec, cert: dict, model_sha256: str | None = None,
         for ri, pi, tree in _proofs(cert, spec):
             region, poly = spec.regions[ri], spec.regions[ri].unsafe[pi]
             where = f"proof (region {ri}, polytope {pi})"
-            leaves = walk(tree, region.lower.copy(), region.upper.copy(), poly.A.shape[0], graph, arrays, where)
+            inner: dict[str, tuple] = {}
+            leaves = walk(tree, region.lower.copy(), region.upper.copy(), poly.A.shape[0], graph, arrays, where,
+                          inner)
             n_leaves += len(leaves)
-            root = root_bounds(g, region.lower, region.upper)
-            failed = _check_leaves(g, poly.A, poly.b, leaves, strict, reasons, notes, deadline, root)
+            if only is not None:
+                leaves = [lf for lf in leaves if _under(lf.where, only)]
+            failed = _check_leaves(g, poly.A, poly.b, leaves, strict, reasons, notes, deadline,
+                                   Ancestry(where, inner, root_bounds(g, region.lower, region.upper)))
             weak.extend((ri, pi, leaf) for leaf in failed)
     except CertificateError as e:
         reasons.append(str(e))
@@ -87,6 +96,16 @@ def check_files(model_path: str | Path, spec_path: str | Path, cert_path: str | 
     except (OSError, ValueError) as e:      # CertificateError and the loaders' errors are ValueErrors
         return CheckReport(False, [f"{type(e).__name__}: {e}"], 0, time.monotonic() - t0)
     return check(model.graph, spec, cert, model_hash, spec_hash, strict=strict, device=device)
+
+
+def _under(path: str, prefixes: set[str]) -> bool:
+    """Whether tree ``path`` is one of ``prefixes`` or lies below one."""
+    while True:
+        if path in prefixes:
+            return True
+        if len(path) < 2 or path[-2] != ".":
+            return False
+        path = parent_path(path)
 
 
 def _check_header(cert: dict, model_sha256: str | None, spec_sha256: str | None) -> None:
@@ -140,23 +159,94 @@ def _proofs(cert: dict, spec: Spec):
     return [(p["region"], p["polytope"], p["tree"]) for p in proofs]
 
 
+@dataclass
+class Ancestry:
+    """The split nodes of one proof tree (path -> domain) and the bounds on its root domain."""
+
+    root_path: str
+    inner: dict[str, tuple]
+    root: dict
+
+
 def _check_leaves(graph: Graph, A: np.ndarray, b: np.ndarray, leaves: list[Leaf], strict: bool,
                   reasons: list[str], notes: list[str], deadline: float | None = None,
-                  root: dict | None = None) -> list[Leaf]:
-    """Re-derive the leaves' bounds in chunks and compare them with the claims; the leaves not > 0."""
-    widest = max([graph.n_inputs] + [n.size for n in graph.nodes])
-    chunk = max(1, min(CHUNK, BUDGET // (64 * widest)))
+                  tree: Ancestry | None = None) -> list[Leaf]:
+    """Re-derive the leaves' bounds and compare them with the claims; the leaves not > 0.
+
+    Every leaf is first bounded with the root domain's bounds intersected in. A leaf that is not
+    > 0 that way is bounded again the way a branch and bound search bounds it: each domain on its
+    path, from the root down, intersected with its parent's bounds (all derived here), with every
+    neuron tightened by CROWN (a batched search tightens the neurons unstable anywhere in its
+    batch, which sharpens stable neurons' intervals too).
+    """
+    root = tree.root if tree is not None else None
+    values = _leaf_values(graph, A, b, leaves, lambda part: root, deadline, len(leaves))
+    again = [i for i, v in enumerate(values) if not v > 0]
+    if again and tree is not None and tree.inner:
+        parents = _parent_bounds(graph, [leaves[i] for i in again], tree, deadline)
+        redo = [leaves[i] for i in again]
+        values_again = _leaf_values(graph, A, b, redo, lambda part: _stack([parents[parent_path(lf.where)] for lf in part]),
+                                    deadline, len(leaves), tighten_all=True)
+        for i, v in zip(again, values_again):
+            values[i] = max(values[i], v)
     failed: list[Leaf] = []
-    for start in range(0, len(leaves), chunk):
-        if deadline is not None and time.monotonic() > deadline:
-            raise CertificateError(f"check stopped at its deadline after {start} of {len(leaves)} leaves")
-        part = leaves[start:start + chunk]
-        derived = leaf_bounds(graph, A, b, part, root)
-        for leaf, value in zip(part, derived.tolist()):
-            _judge(leaf, value, strict, reasons, notes)
-            if not value > 0:
-                failed.append(leaf)
+    for leaf, value in zip(leaves, values):
+        _judge(leaf, value, strict, reasons, notes)
+        if not value > 0:
+            failed.append(leaf)
     return failed
+
+
+def _chunk(graph: Graph) -> int:
+    """Domains bounded together: CHUNK, fewer for wide graphs (BUDGET)."""
+    widest = max([graph.n_inputs] + [n.size for n in graph.nodes])
+    return max(1, min(CHUNK, BUDGET // (64 * widest)))
+
+
+def _leaf_values(graph, A, b, leaves: list[Leaf], known_of, deadline, total: int, tighten_all=False) -> list[float]:
+    """Re-derived bounds of ``leaves`` in chunks; ``known_of(chunk)`` gives the bounds to intersect."""
+    chunk, out = _chunk(graph), []
+    for start in range(0, len(leaves), chunk):
+        _in_time(deadline, f"after {start} of {len(leaves)} leaves (of {total})")
+        part = leaves[start:start + chunk]
+        out.extend(leaf_bounds(graph, A, b, part, known_of(part), tighten_all).tolist())
+    return out
+
+
+def _in_time(deadline: float | None, where: str) -> None:
+    """``CertificateError`` once ``deadline`` has passed."""
+    if deadline is not None and time.monotonic() > deadline:
+        raise CertificateError(f"check stopped at its deadline {where}")
+
+
+def _stack(bounds: list[dict]) -> dict:
+    """Per-domain bound dicts ([1, *shape] each) -> one dict of [B, *shape] tensors."""
+    return {k: (torch.cat([d[k][0] for d in bounds]), torch.cat([d[k][1] for d in bounds])) for k in bounds[0]}
+
+
+def _parent_bounds(graph: Graph, leaves: list[Leaf], tree: Ancestry, deadline: float | None) -> dict[str, dict]:
+    """Bounds on the parent domain of each leaf, derived top-down from the root (path -> bounds)."""
+    needed: set[str] = set()
+    for leaf in leaves:
+        path = leaf.where
+        while path != tree.root_path:
+            path = parent_path(path)
+            needed.add(path)
+    done = {tree.root_path: tree.root}
+    levels: dict[int, list[str]] = {}
+    for path in needed - {tree.root_path}:
+        levels.setdefault(len(path), []).append(path)
+    chunk = _chunk(graph)
+    for depth in sorted(levels):
+        paths = levels[depth]
+        for start in range(0, len(paths), chunk):
+            _in_time(deadline, f"while re-deriving {len(needed)} split domains")
+            part = paths[start:start + chunk]
+            doms = [Leaf(p, *tree.inner[p], row=0, bound=1.0) for p in part]
+            bounds, _ = domain_bounds(graph, doms, _stack([done[parent_path(p)] for p in part]), tighten_all=True)
+            for k, p in enumerate(part):
+                done[p] = {name: (lo[k:k + 1], hi[k:k + 1]) for name, (lo, hi) in bounds.items()}
+    return done
 
 
 def _judge(leaf: Leaf, value: float, strict: bool, reasons: list[str], notes: list[str]) -> None:
@@ -179,21 +269,35 @@ def root_bounds(graph: Graph, lower: np.ndarray, upper: np.ndarray) -> dict:
     return bounds
 
 
-def leaf_bounds(graph: Graph, A: np.ndarray, b: np.ndarray, leaves: list[Leaf], root: dict | None = None) -> torch.Tensor:
+def leaf_bounds(graph: Graph, A: np.ndarray, b: np.ndarray, leaves: list[Leaf], known: dict | None = None,
+                tighten_all: bool = False) -> torch.Tensor:
     """Re-derived lower bound [len(leaves)] of each leaf's row ``A_i y - b_i`` (+inf if its domain is empty).
 
-    ``root``: bounds on a domain containing all the leaves (see ``root_bounds``), intersected in.
+    ``known``: bounds on domains containing the leaves (the region box's, ``[1, *shape]``, or each
+    leaf's parent's, ``[B, *shape]``), intersected in.
     """
     dev, f64 = _device_of(graph), torch.float64
-    shape = (len(leaves),) + tuple(graph.input_shape)
-    lower = torch.as_tensor(np.stack([lf.lower for lf in leaves]), dtype=f64, device=dev).reshape(shape)
-    upper = torch.as_tensor(np.stack([lf.upper for lf in leaves]), dtype=f64, device=dev).reshape(shape)
-    dom, alphas, betas = _split_tensors(graph, leaves, dev)
-    bounds, empty = intermediate_bounds(graph, Domains(lower, upper, *dom), BUDGET, root)
+    bounds, empty, (alphas, betas) = domain_bounds(graph, leaves, known, tighten_all, with_params=True)
     rows = torch.as_tensor(np.stack([A[lf.row] for lf in leaves]), dtype=f64, device=dev)
     rhs = torch.as_tensor(np.array([b[lf.row] for lf in leaves]), dtype=f64, device=dev)
     value = objective_lower(graph, Pass(bounds, alphas, betas), rows, rhs)
     return torch.where(empty, torch.full_like(value, math.inf), value).cpu()
+
+
+def domain_bounds(graph: Graph, domains: list[Leaf], known: dict | None = None, tighten_all: bool = False,
+                  with_params: bool = False):
+    """Bounds of every value on each domain (its box and relu splits), and the mask of empty domains.
+
+    ``known`` and ``tighten_all``: see ``intermediate_bounds``.
+    With ``with_params`` also the leaves' (alphas, betas) tensors for the objective pass.
+    """
+    dev, f64 = _device_of(graph), torch.float64
+    shape = (len(domains),) + tuple(graph.input_shape)
+    lower = torch.as_tensor(np.stack([d.lower for d in domains]), dtype=f64, device=dev).reshape(shape)
+    upper = torch.as_tensor(np.stack([d.upper for d in domains]), dtype=f64, device=dev).reshape(shape)
+    masks, alphas, betas = _split_tensors(graph, domains, dev)
+    bounds, empty = intermediate_bounds(graph, Domains(lower, upper, *masks), BUDGET, known, tighten_all)
+    return (bounds, empty, (alphas, betas)) if with_params else (bounds, empty)
 
 
 def _device_of(graph: Graph) -> torch.device:

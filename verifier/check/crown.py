@@ -354,6 +354,13 @@ def _tighten(graph: Graph, name: str, lu: Interval, p: Pass, every: bool, budget
     return fl.reshape(l.shape), fu.reshape(u.shape)
 
 
+def _intersect(lu: Interval, other: Interval) -> Interval:
+    """Per-element intersection of two sound intervals; where rounding makes them cross, the first one."""
+    l, u = torch.maximum(lu[0], other[0]), torch.minimum(lu[1], other[1])
+    cross = l > u
+    return torch.where(cross, lu[0], l), torch.where(cross, lu[1], u)
+
+
 def _clamp(name: str, lu: Interval, dom: Domains, empty: torch.Tensor) -> Interval:
     """Apply the split constraints on value ``name``; mark domains whose bounds cross as empty."""
     l, u = lu
@@ -367,11 +374,14 @@ def _clamp(name: str, lu: Interval, dom: Domains, empty: torch.Tensor) -> Interv
 
 
 def intermediate_bounds(graph: Graph, dom: Domains, budget: int = 1 << 24,
-                        root: dict[str, Interval] | None = None) -> tuple[dict[str, Interval], torch.Tensor]:
+                        known: dict[str, Interval] | None = None,
+                        tighten_all: bool = False) -> tuple[dict[str, Interval], torch.Tensor]:
     """Bounds of every value on each leaf domain, and the mask [B] of domains proved empty.
 
-    ``root``: bounds valid on a domain containing every leaf (the proof's region box, no splits),
-    shape [1, *shape]; they are intersected in before the splits clamp.
+    ``known``: bounds valid on a domain containing each leaf (the region box, or the leaf's parent
+    domain), shape [1 or B, *shape]. They are intersected in before CROWN tightens a value, so
+    neurons they already settle get no backward rows. ``tighten_all``: CROWN tightens every neuron
+    that feeds a nonlinear op, stable ones too (tighter intervals downstream; slower).
     """
     empty = torch.zeros(dom.lower.shape[0], dtype=torch.bool, device=dom.lower.device)
     need = _needs_bounds(graph)
@@ -386,9 +396,11 @@ def intermediate_bounds(graph: Graph, dom: Domains, budget: int = 1 << 24,
         if fn is not None:
             f_lo, f_hi = forward.concretize(fn, *box)
             lu = (torch.maximum(lu[0], f_lo), torch.minimum(lu[1], f_hi))
+        if known is not None and node.name in known:
+            lu = _intersect(lu, known[node.name])
         if node.name in need:
             if node.op in BACKWARD:     # a boxed node (no backward rule) cannot tighten itself
-                lu = _tighten(graph, node.name, lu, p, need[node.name], budget)
+                lu = _tighten(graph, node.name, lu, p, need[node.name] or tighten_all, budget)
             lu = _clamp(node.name, lu, dom, empty)
         bounds[node.name] = lu
         if fns is not None:

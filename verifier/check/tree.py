@@ -16,7 +16,6 @@ from verifier.certificate import CertificateError, decode_array
 from verifier.model.graph import Graph
 
 
-
 class ArrayStore:
     """The certificate's arrays, decoded on first use into float64 (unknown keys are errors)."""
 
@@ -72,8 +71,11 @@ def _is_real(v: Any) -> bool:
 
 
 def walk(tree: Any, lower: np.ndarray, upper: np.ndarray, rows: int, graph: Graph, array: ArrayStore,
-         where: str) -> list[Leaf]:
-    """All leaves of ``tree`` over the region box, in depth-first order; ``CertificateError`` if malformed."""
+         where: str, inner: dict[str, tuple] | None = None) -> list[Leaf]:
+    """All leaves of ``tree`` over the region box, in depth-first order; ``CertificateError`` if malformed.
+
+    ``inner``, when given, receives the domain ``(lower, upper, splits)`` of every split node by path.
+    """
     leaves: list[Leaf] = []
     stack = [(tree, lower, upper, (), where)]
     relus = {n.name: n for n in graph.nodes if n.op == "relu"}
@@ -88,11 +90,18 @@ def walk(tree: Any, lower: np.ndarray, upper: np.ndarray, rows: int, graph: Grap
             if not isinstance(children, list) or len(children) != 2:
                 raise CertificateError(f"{at}: a split needs exactly 2 children")
             kids = _children(node["split"], lo, hi, splits, relus, at)
+            if inner is not None:
+                inner[at] = (lo, hi, splits)
             for child, (clo, chi, csplits, cat) in reversed(list(zip(children, kids))):
                 stack.append((child, clo, chi, csplits, cat))
         else:
             raise CertificateError(f"{at}: a tree node has keys {sorted(node)}, expected leaf or split+children")
     return leaves
+
+
+def parent_path(path: str) -> str:
+    """The path of a node's parent (every step appends one of .L .H .I .A)."""
+    return path[:-2]
 
 
 def _children(split: Any, lo, hi, splits: tuple[Split, ...], relus: dict, at: str) -> list[tuple]:

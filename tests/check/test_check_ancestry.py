@@ -1,0 +1,107 @@
+"""Leaves re-derived along their split path (parent bounds intersected in), and partial re-checks."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import cert_factory as cf
+from verifier.certificate import CertificateBuilder, input_split_tree, leaf
+from verifier.check import check, leaf_bounds
+from verifier.check.checker import Ancestry, _parent_bounds, domain_bounds, root_bounds
+from verifier.check.tree import Leaf
+from verifier.spec.spec import Polytope, Region, Spec
+
+LO, HI = np.full(3, -1.0), np.full(3, 1.0)
+ROOT = "proof (region 0, polytope 0)"
+
+
+def _uniform(depth: int):
+    """Every leaf of the tree that halves dim (level % 3) at each level: (path steps, lower, upper, where)."""
+    out = [([], LO.copy(), HI.copy(), ROOT, {})]
+    for level in range(depth):
+        d, nxt = level % 3, []
+        for steps, lo, hi, where, inner in out:
+            at = float((lo[d] + hi[d]) / 2)
+            inner = {**inner, where: (lo, hi, ())}
+            nxt.append((steps + [(d, at, 0)], lo, np.where(np.arange(3) == d, at, hi), where + ".L", inner))
+            nxt.append((steps + [(d, at, 1)], np.where(np.arange(3) == d, at, lo), hi, where + ".H", inner))
+        out = nxt
+    return out
+
+
+def _values(graph, depth):
+    """Per leaf of the uniform tree: lower bound of y0 with root bounds, and along the path."""
+    g64 = graph.to(dtype=torch.float64)
+    tree = _uniform(depth)
+    inner = {k: v for *_, i in tree for k, v in i.items()}
+    leaves = [Leaf(where, lo, hi, (), 0, 1.0) for _, lo, hi, where, _ in tree]
+    A, b = np.array([[1.0, 0.0]]), np.zeros(1)
+    root = root_bounds(g64, LO, HI)
+    v_root = leaf_bounds(g64, A, b, leaves, root).numpy()
+    parents = _parent_bounds(g64, leaves, Ancestry(ROOT, inner, root), None)
+    v_path = np.array([float(leaf_bounds(g64, A, b, [lf], parents[lf.where[:-2]], tighten_all=True)[0])
+                       for lf in leaves])
+    return tree, v_root, v_path
+
+
+def _certificate(tree, spec_b: float):
+    """An input-split certificate of ``y0 <= spec_b`` over the uniform tree (claims are 1.0)."""
+    spec = Spec(3, 2, (Region(LO, HI, (Polytope(np.array([[1.0, 0.0]]), np.array([spec_b])),)),))
+    builder = CertificateBuilder("m" * 64, "s" * 64)
+    builder.add_proof(0, 0, input_split_tree([(steps, leaf(0, 1e-6)) for steps, *_ in tree]))
+    return spec, builder.to_json()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_path_bounds_are_sound_and_no_looser(seed):
+    """Bounds on a depth-3 domain with its parent's bounds intersected contain every sampled value."""
+    graph = cf.mlp(seed, 3, (12, 12, 12), 2)
+    g64 = graph.to(dtype=torch.float64)
+    tree = _uniform(3)
+    inner = {k: v for *_, i in tree for k, v in i.items()}
+    _, lo, hi, where, _ = tree[5]
+    parents = _parent_bounds(g64, [Leaf(where, lo, hi, (), 0, 1.0)], Ancestry(ROOT, inner, root_bounds(g64, LO, HI)),
+                             None)
+    dom = [Leaf(where, lo, hi, (), 0, 1.0)]
+    with_path, _ = domain_bounds(g64, dom, parents[where[:-2]], tighten_all=True)
+    plain, _ = domain_bounds(g64, dom)
+    _, values = cf.sample_outputs(graph, lo, hi, 3000, seed)
+    for name, (l, u) in with_path.items():
+        v = values[name].reshape(3000, -1)
+        assert bool((v >= l.reshape(1, -1) - 1e-9).all() and (v <= u.reshape(1, -1) + 1e-9).all()), name
+        assert bool((l >= plain[name][0] - 1e-9).all() and (u <= plain[name][1] + 1e-9).all()), name
+
+
+def test_weak_leaves_are_accepted_along_their_path():
+    """A bound only the path re-derivation reaches is accepted; one just beyond it is rejected."""
+    for seed in range(10):
+        graph = cf.mlp(seed, 3, (16, 16, 16), 2)
+        tree, v_root, v_path = _values(graph, 4)
+        v_path = np.maximum(v_path, v_root)   # the checker keeps the better of the two (CROWN is not monotone)
+        b = float(v_path.min()) - 1e-6
+        if bool((v_root <= b).any()):
+            break
+    else:
+        pytest.fail("no seed where the path re-derivation is needed")
+    spec, cert = _certificate(tree, b)
+    report = check(graph, spec, cert)
+    assert report.ok, report.reasons
+    spec, cert = _certificate(tree, float(v_path.min()) + 1e-6)
+    report = check(graph, spec, cert)
+    assert not report.ok and len(report.weak) == 1
+    assert report.weak[0][2].where == tree[int(v_path.argmin())][3]
+
+
+def test_only_rederives_the_listed_subtrees():
+    """``only`` skips leaves outside the listed paths; a failing leaf inside them is still rejected."""
+    graph = cf.mlp(4, 3, (16, 16, 16), 2)
+    tree, v_root, v_path = _values(graph, 3)
+    v_path = np.maximum(v_path, v_root)
+    worst = tree[int(v_path.argmin())][3]
+    spec, cert = _certificate(tree, float(v_path.min()) + 1e-6)
+    assert not check(graph, spec, cert).ok
+    others = {where for *_, where, _ in tree if where != worst}
+    report = check(graph, spec, cert, only=others)
+    assert report.ok and report.leaves == len(tree)
+    assert not check(graph, spec, cert, only={worst[:-2]}).ok
