@@ -80,14 +80,24 @@ class ElementwiseOp(BoundOp):
     def backward(self, node, A, in_bounds, relax_state):
         """Lower bound of A.f(x): lower line where A >= 0, upper line where A < 0."""
         s = relax_state
-        pos, neg = A.clamp(min=0), A.clamp(max=0)
-        A_in = pos * s.lower_slope + neg * s.upper_slope
-        bias = pos * s.lower_bias + neg * s.upper_bias
+        neg = A.clamp(max=0)   # pos * l + neg * u = A * l + neg * (u - l), for slopes and intercepts
+        A_in = A * s.lower_slope + neg * (s.upper_slope - s.lower_slope)
         if s.extra_A is not None:
             A_in = A_in + s.extra_A
-        return [A_in], bias.flatten(2).sum(-1)
+        return [A_in], row_dot(A, s.lower_bias) + row_dot(neg, s.upper_bias - s.lower_bias)
 
 
 def sum_dims(t: torch.Tensor) -> torch.Tensor:
     """Sum a ``[B, C, *shape]`` tensor over ``*shape``."""
     return t.flatten(2).sum(-1)
+
+
+def row_dot(A: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``sum(A * v)`` over ``*shape`` -> ``[B, C]``, for ``A`` [B or 1, C, *shape] and ``v`` broadcastable.
+
+    A ``v`` with a single objective dim ([B, 1, *shape]) is applied as a matrix product, which
+    never materialises the ``[B, C, *shape]`` product.
+    """
+    if v.dim() == A.dim() and v.shape[1] == 1:
+        return torch.matmul(A.flatten(2), v.flatten(2).transpose(1, 2)).squeeze(-1)
+    return sum_dims(A * v)
