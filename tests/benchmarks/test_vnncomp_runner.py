@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -361,3 +362,8 @@ def test_real_family_files_and_witness_check():
     assert vnncomp.check_witness(onnx_sat, prop, block(outside))[0] == "invalid"
     status, detail = vnncomp.check_witness(onnx_unsat, prop, block(TEST_SAT_X))
     assert status == "invalid" and "violates no unsafe polytope" in detail
+    # x0 on the box edge, which float32 cannot represent: the network sees the rounding (outside)
+    edge = [-0.29855281193475053] + TEST_SAT_X[1:]
+    assert float(np.float32(edge[0])) > edge[0]
+    status, detail = vnncomp.check_witness(onnx_sat, prop, block(edge))
+    assert status == "valid" and detail.startswith("input rounded"), detail
