@@ -1,4 +1,6 @@
 """End-to-end verdicts of ``verify`` against exact MILP ground truth, and its routes and edge cases."""
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -167,3 +169,18 @@ def test_binarized_network_goes_to_sat_and_matches_enumeration(tmp_path, delta):
     res = verify(str(onnx_path), str(spec), VerifyConfig(timeout=60))
     assert res.route == "sat"
     assert res.verdict is (Verdict.VIOLATED if delta > 0 else Verdict.HOLDS), res.reason
+
+
+def test_relu_networks_need_neither_sat_nor_milp_packages():
+    """Verifying a relu network imports no SAT solver and no scipy (lighter start-up; GPU images lack them)."""
+    code = ("import sys\n"
+            "from verifier.model.onnx_loader import load_onnx\n"
+            "from verifier.spec.vnnlib import load_vnnlib\n"
+            "from verifier.portfolio import verify\n"
+            "from verifier.config import VerifyConfig\n"
+            "r = verify(load_onnx('examples/mlp.onnx'), load_vnnlib('examples/robust.vnnlib'), VerifyConfig(timeout=30))\n"
+            "print(r.verdict.value, sorted({m.split('.')[0] for m in sys.modules} & {'pysat', 'scipy', 'highspy'}))\n")
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["holds", "[]"]

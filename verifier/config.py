@@ -51,6 +51,14 @@ class BabConfig:
     max_domains: int = 1_000_000  # pending domains kept at most; beyond it the search stops (unknown)
     input_split_max_dims: int = 16  # input splitting is chosen only for inputs this small
     method: str = "crown"        # bound method per domain: crown | alpha
+    # input splitting's dimension score, |sensitivity| x width: "coeff" takes the sensitivity from
+    # the CROWN bound's input coefficients, "gradient" from the network's gradient at the box
+    # centre, "both" sums the two (each scaled to 1)
+    input_branching: str = "both"
+
+    def __post_init__(self):
+        if self.input_branching not in ("coeff", "gradient", "both"):
+            raise ValueError(f"bab.input_branching must be coeff, gradient or both, not {self.input_branching!r}")
 
 
 @dataclass(frozen=True)

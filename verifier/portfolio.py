@@ -435,12 +435,11 @@ def _runner(run: Run):
 
 def step_milp(run: Run) -> bool:
     """Exact MILP on each open goal, when the network is small enough (or MILP was asked for)."""
-    from verifier.exact.milp import MilpUnsupported, verify_milp
-
     unstable = run.unstable
     if run.config.method == "auto" and (unstable is None or unstable > run.config.exact.milp_max_unstable):
         run.note(f"milp: skipped ({unstable} unstable neurons > {run.config.exact.milp_max_unstable})")
         return False
+    from verifier.exact.milp import MilpUnsupported, verify_milp
     t0 = time.monotonic()
     try:
         for goal in run.open_goals():
@@ -514,15 +513,19 @@ ROUTES = {
 
 def choose_route(run: Run):
     """(route name, reason, steps): SAT for binarized nets, else attack + bounds + BaB + MILP."""
-    from verifier.exact.bnn_sat import bnn_reason, recognise_bnn
-
     method, graph = run.config.method, run.model.graph
     if method != "auto":
         return method, f"--method {method}", ROUTES[method]
-    if recognise_bnn(graph) is not None:
-        return "sat", "binarized network (sign activations, +-1 weights): exact SAT encoding", ROUTES["sat"]
     ops = sorted({n.op for n in graph.nodes})
-    why = f"{graph.n_inputs} inputs, ops {', '.join(ops)}; not binarized ({bnn_reason(graph)})"
+    if "sign" in ops:   # only then is the SAT encoder (and its solver package) worth importing
+        from verifier.exact.bnn_sat import bnn_reason, recognise_bnn
+
+        if recognise_bnn(graph) is not None:
+            return "sat", "binarized network (sign activations, +-1 weights): exact SAT encoding", ROUTES["sat"]
+        reason = bnn_reason(graph)
+    else:
+        reason = "no sign activation"
+    why = f"{graph.n_inputs} inputs, ops {', '.join(ops)}; not binarized ({reason})"
     if graph.n_inputs <= run.config.bab.input_split_max_dims:
         return "input-split", why + f"; <= {run.config.bab.input_split_max_dims} inputs: input splitting", ROUTES["input-split"]
     return "bounds", why, ROUTES["bounds"]

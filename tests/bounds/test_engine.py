@@ -147,3 +147,18 @@ def test_row_chunking_gives_same_bounds(helpers, nets):
         a = whole.compute(lo, hi, method=method, alpha=AlphaConfig(iterations=4, early_stop=False))
         b = chunked.compute(lo, hi, method=method, alpha=AlphaConfig(iterations=4, early_stop=False))
         assert torch.allclose(a.lower, b.lower, atol=1e-5) and torch.allclose(a.upper, b.upper, atol=1e-5)
+
+
+def test_coefficients_of_the_lower_bound(helpers, nets):
+    """``want_coeffs``: the rows' input coefficients; for an affine net exactly C @ W; none for IBP."""
+    graph = nets.mlp([4, 3], "relu", seed=0)   # a single linear layer
+    w = graph.nodes[0].params["weight"]
+    gen = torch.Generator().manual_seed(0)
+    lo, hi = helpers.random_box(3, (4,), gen, width=1.0)
+    C = torch.randn(3, 2, 3, generator=gen)
+    res = BoundEngine(graph).compute(lo, hi, C, want_upper=False, want_coeffs=True)
+    assert torch.allclose(res.coeffs, C @ w, atol=1e-6)
+    relu = nets.mlp([4, 6, 3], "relu", seed=1)
+    res = BoundEngine(relu).compute(lo, hi, C, want_upper=False, want_coeffs=True)
+    assert res.coeffs.shape == (3, 2, 4)
+    assert BoundEngine(relu).compute(lo, hi, C, method="ibp", want_coeffs=True).coeffs is None

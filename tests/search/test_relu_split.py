@@ -76,7 +76,7 @@ def _cases():
 
 @pytest.mark.parametrize("name,truth", _cases())
 def test_verdicts_match_milp(name, truth):
-    """relu_split and input_split both give MILP's verdict; relu_split proofs pass the checker."""
+    """relu_split and input_split (every branching score) give MILP's verdict; relu_split proofs pass the checker."""
     graph, region, c = _net(name)
     a, b = _bracket(name)
     t = a - 3 * (b - a) if truth == "holds" else b + (b - a)
@@ -97,9 +97,10 @@ def test_verdicts_match_milp(name, truth):
         assert np.all(c @ y <= bvec)
     if NETS[name][2] is None:
         return  # 16 inputs: input splitting only probes box centres, it is no falsifier there
-    other = input_split(engine, graph, region.lower, region.upper, c, bvec, validate,
-                        time.monotonic() + BUDGET, BabConfig(batch=256))
-    assert other.status == truth, other.stats
+    for branching in ("both", "coeff", "gradient"):
+        other = input_split(engine, graph, region.lower, region.upper, c, bvec, validate,
+                            time.monotonic() + BUDGET, BabConfig(batch=256, input_branching=branching))
+        assert other.status == truth, (branching, other.stats)
 
 
 @pytest.mark.parametrize("mode", ["checker", "hybrid", "root"])

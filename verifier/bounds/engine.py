@@ -1,6 +1,7 @@
 """BoundEngine: IBP, CROWN and alpha-CROWN bounds of a canonical graph over input boxes."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +25,9 @@ class BoundResult:
     upper: torch.Tensor | None
     intermediate: dict[str, tuple[torch.Tensor, torch.Tensor]]
     alphas: dict[str, AlphaSet] | None = None
+    # method "crown" with ``want_coeffs``: input coefficients of the lower-bound rows, [B|1, m, *input_shape]
+    # (None where the graph's output does not depend on its input)
+    coeffs: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -71,13 +75,16 @@ class BoundEngine:
 
     # ------------------------------------------------------------------ public API
     def compute(self, lower, upper, C=None, *, method="crown", alpha=AlphaConfig(), intermediate=None,
-                splits=None, alphas=None, want_upper=True, deadline=None) -> BoundResult:
+                splits=None, alphas=None, want_upper=True, deadline=None, want_coeffs=False) -> BoundResult:
         """Bounds of ``C @ y_flat`` (rows) over the box [lower, upper] (see package docs).
 
         ``alphas`` (method "alpha"): initial alpha values, e.g. a previous result's ``alphas``;
         with ``alpha.iterations == 0`` the bound is evaluated once with them (certificate check).
         ``want_upper=False`` skips the upper bound (``upper`` is then None). ``deadline``
         (``time.monotonic()``) ends the alpha iterations early, keeping the best bound so far.
+        ``want_coeffs`` (method "crown"): also return the rows' linear coefficients on the input
+        (``BoundResult.coeffs``; a split heuristic reads |coefficient| x width as a dimension's share
+        of the bound's slack).
         """
         if method not in METHODS:
             raise ValueError(f"unknown bound method {method!r} (known: {', '.join(METHODS)})")
@@ -87,10 +94,14 @@ class BoundEngine:
         with torch.no_grad():
             bounds, plan = self.propagate(box, dom, crown=method != "ibp")
             low = self._ibp_rows(A_spec, bounds)
+            coeffs = {} if want_coeffs else None
             if method != "ibp":
-                low = torch.maximum(self.spec_lower(A_spec, bounds, None, {}), low)
+                low = torch.maximum(self.spec_lower(A_spec, bounds, None, {}, coeffs), low)
         if method != "alpha":
-            return self._result(low, m, want_upper, bounds, None)
+            res = self._result(low, m, want_upper, bounds, None)
+            if coeffs and coeffs.get("x") is not None:
+                res = dataclasses.replace(res, coeffs=coeffs["x"][:, :m].detach())
+            return res
         init = initial_alphas(self, bounds, plan, A_spec.shape[1], alphas)
         low, bounds, best = optimise_alphas(self, box, dom, A_spec, m, alpha, bounds, plan, init, low, deadline)
         return self._result(low, m, want_upper, bounds, best)
@@ -141,13 +152,20 @@ class BoundEngine:
         f_lo, f_hi = concretize(fn, bounds[self.graph.input_name])
         return self._tighten(node.name, torch.maximum(lo, f_lo), torch.minimum(hi, f_hi), dom, None)
 
-    def spec_lower(self, A_spec, bounds, aset: AlphaSet | None, cache) -> torch.Tensor:
-        """CROWN lower bound of every spec row (A_spec: [B|1, R, *output_shape]); [B, R]."""
+    def spec_lower(self, A_spec, bounds, aset: AlphaSet | None, cache, coeffs: dict | None = None) -> torch.Tensor:
+        """CROWN lower bound of every spec row (A_spec: [B|1, R, *output_shape]); [B, R].
+
+        ``coeffs``, when given, receives the rows' input coefficients under key "x" ([B|1, R, *input_shape]).
+        """
         out = self.graph.output_name
         if out == self.graph.input_name:
+            if coeffs is not None:
+                coeffs["x"] = A_spec
             return concretize_lower(A_spec, 0.0, bounds[out], A_spec.shape[1])
         relax = self._relax_fn(bounds, aset, cache)
         A_x, bias = backward_to_input(self.graph, out, A_spec, bounds, relax, self.scope[out])
+        if coeffs is not None:
+            coeffs["x"] = A_x
         return concretize_lower(A_x, bias, bounds[self.graph.input_name], A_spec.shape[1])
 
     def _crown_rows(self, name, rows, lo, hi, bounds, aset, cache):
