@@ -135,7 +135,12 @@ def _back_elementwise(node: Node, A: torch.Tensor, p: Pass):
     A_in = A * uw + Ap * (lw - uw)
     if node.name in p.betas:
         A_in = A_in + p.betas[node.name].unsqueeze(1)
-    return [A_in], _sum_rows(A * ub + Ap * (lb - ub))
+    return [A_in], _rows_dot(A, ub) + _rows_dot(Ap, lb - ub)
+
+
+def _rows_dot(A: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """sum(A * v) per row, [B, m], for ``v`` of shape [B, 1, *shape] (a product, not a temporary)."""
+    return torch.matmul(A.flatten(2), v.flatten(2).transpose(1, 2)).squeeze(-1)
 
 
 def _pair(v, n: int, one: int) -> tuple[int, int]:
