@@ -162,3 +162,32 @@ def test_coefficients_of_the_lower_bound(helpers, nets):
     res = BoundEngine(relu).compute(lo, hi, C, want_upper=False, want_coeffs=True)
     assert res.coeffs.shape == (3, 2, 4)
     assert BoundEngine(relu).compute(lo, hi, C, method="ibp", want_coeffs=True).coeffs is None
+
+
+def test_cuda_engines_turn_tf32_off():
+    """TF32 (10-bit mantissa products) is switched off for any CUDA engine; CPU engines leave it alone."""
+    from verifier.bounds.engine import full_precision_on
+
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        full_precision_on(torch.device("cpu"))
+        assert torch.backends.cudnn.allow_tf32
+        full_precision_on(torch.device("cuda"))
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def test_next_float_is_the_neighbour_and_passes_gradients():
+    """Outward rounding steps one float and keeps a gradient of 1 (older torch has no nextafter derivative)."""
+    import math
+
+    from verifier.bounds.base import next_float
+
+    x = torch.tensor([1.0, -2.5, 0.0, -math.inf], requires_grad=True)
+    up = next_float(x, math.inf)
+    want = torch.nextafter(x.detach(), torch.full_like(x, math.inf))
+    assert torch.equal(up[:3], want[:3]) and bool((up[:3] > x[:3]).all()) and up[3] == -math.inf
+    up.sum().backward()
+    assert torch.equal(x.grad, torch.ones(4))

@@ -101,3 +101,11 @@ def row_dot(A: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     if v.dim() == A.dim() and v.shape[1] == 1:
         return torch.matmul(A.flatten(2), v.flatten(2).transpose(1, 2)).squeeze(-1)
     return sum_dims(A * v)
+
+
+def next_float(x: torch.Tensor, toward: float) -> torch.Tensor:
+    """The neighbouring float of ``x`` toward +-inf; differentiable (gradient 1), so alpha-CROWN
+    can optimise through bounds that were rounded outwards."""
+    d = x.detach()
+    step = torch.nextafter(d, torch.full_like(d, toward)) - d
+    return x + torch.where(torch.isfinite(d), step, torch.zeros_like(d))

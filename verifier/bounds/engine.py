@@ -60,6 +60,7 @@ class BoundEngine:
             raise NotImplementedError(f"no bound rule for: {', '.join(missing)}")
         self.dtype = dtype
         self.device = torch.device(device) if device is not None else _param_device(graph)
+        full_precision_on(self.device)
         self.graph = graph.to(device=self.device, dtype=dtype)
         self.nodes = self.graph.node_map
         self.scope = {name: anc | {name} for name, anc in ancestors(self.graph).items()}
@@ -302,3 +303,15 @@ def _param_device(graph: Graph) -> torch.device:
             if t is not None:
                 return t.device
     return torch.device("cpu")
+
+
+def full_precision_on(device: torch.device) -> None:
+    """On CUDA, turn TF32 off for matmul and cuDNN convolutions (process-wide).
+
+    TF32 keeps 10 mantissa bits: PyTorch enables it for cuDNN convolutions by default, and a
+    GPU CROWN bound on a conv net then exceeded the network's sampled minimum (VNN-COMP 2022
+    collins_rul_cnn, H200: by 0.011). Bounds need full float32 products.
+    """
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False

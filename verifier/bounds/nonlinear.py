@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from verifier.bounds.base import BoundOp, ElementwiseOp, sum_dims
+from verifier.bounds.base import BoundOp, ElementwiseOp, next_float, sum_dims
 
 _NARROW = 1e-12      # below this width the chord is replaced by the midpoint derivative
 _PAD = 1e-10         # relative padding of the float64 intercepts
@@ -113,9 +113,10 @@ def _check_domain(node, l: torch.Tensor, u: torch.Tensor) -> None:
 def _round_out(lo64: torch.Tensor, hi64: torch.Tensor, dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """Cast an interval to ``dtype``, rounding each end outwards."""
     lo, hi = lo64.to(dtype), hi64.to(dtype)
-    lo = torch.where(lo.to(torch.float64) > lo64, torch.nextafter(lo, torch.full_like(lo, -math.inf)), lo)
-    hi = torch.where(hi.to(torch.float64) < hi64, torch.nextafter(hi, torch.full_like(hi, math.inf)), hi)
+    lo = torch.where(lo.to(torch.float64) > lo64, next_float(lo, -math.inf), lo)
+    hi = torch.where(hi.to(torch.float64) < hi64, next_float(hi, math.inf), hi)
     return lo, hi
+
 
 
 # ------------------------------------------------------------------------------------ curve op

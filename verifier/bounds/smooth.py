@@ -15,9 +15,11 @@ for the slope rounding over [l, u], then padded and rounded away from f).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
-from verifier.bounds.base import ElementwiseOp
+from verifier.bounds.base import ElementwiseOp, next_float
 
 _BISECT_STEPS = 30
 _SMALL_WIDTH = 1e-9
@@ -79,9 +81,8 @@ def _round_line(slope, bias, l, u, dtype, upper: bool):
     pad = 1e-12 * (1 + b.abs() + slope.abs() * torch.maximum(l.abs(), u.abs()))
     b = b + pad if upper else b - pad
     b_r = b.to(dtype)
-    toward = torch.full_like(b_r, float("inf") if upper else float("-inf"))
     wrong = (b_r.to(torch.float64) < b) if upper else (b_r.to(torch.float64) > b)
-    b_r = torch.where(wrong, torch.nextafter(b_r, toward), b_r)
+    b_r = torch.where(wrong, next_float(b_r, math.inf if upper else -math.inf), b_r)
     return s_r, b_r
 
 

@@ -156,7 +156,7 @@ def input_split(engine, graph, lower: np.ndarray, upper: np.ndarray, A: np.ndarr
             continue
         batch.inter = inter
         batch = batch.select(open_)
-        centres, y, grad = centre_outputs(graph, batch.lo, batch.hi, C[0][row[open_]])
+        centres, y, grad = centre_outputs(engine.graph, batch.lo, batch.hi, C[0][row[open_]])   # on its device
         cex = _try_centres(centres, y, C, bt, validate)
         if cex is not None:
             return SplitOutcome("violated", cex, log, _stats(visited, len(queue), max_depth, t0))
