@@ -184,3 +184,23 @@ def test_relu_networks_need_neither_sat_nor_milp_packages():
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["holds", "[]"]
+
+
+def test_budget_ending_inside_bound_propagation_is_a_timeout(monkeypatch):
+    """When the deadline passes inside one CROWN pass, verify answers timeout (not error) at once."""
+    import time
+
+    from verifier.bounds import BoundEngine
+
+    original = BoundEngine.propagate
+
+    def slow(self, *args, **kwargs):
+        time.sleep(max(0.0, self.deadline - time.monotonic()) + 0.01)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(BoundEngine, "propagate", slow)
+    root = Path(__file__).resolve().parents[1]
+    res = verify(str(root / "examples" / "mlp.onnx"), str(root / "examples" / "robust.vnnlib"),
+                 VerifyConfig(timeout=1.0))
+    assert res.verdict is Verdict.TIMEOUT, (res.verdict, res.reason)
+    assert any("bound propagation stopped at the deadline" in line for line in res.log)

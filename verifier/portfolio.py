@@ -163,8 +163,15 @@ def _run_route(run: Run) -> None:
     result = run.result
     result.route, result.route_reason, steps = choose_route(run)
     run.note(f"route {result.route}: {result.route_reason}; {torch.get_num_threads()} torch threads")
+    from verifier.bounds import DeadlineReached
+
     for step in steps:
-        if step(run) or run.left() <= 0:
+        try:
+            settled = step(run)
+        except DeadlineReached as exc:   # the budget ran out inside one bound propagation
+            run.note(str(exc))
+            break
+        if settled or run.left() <= 0:
             break
     _finish(run)
 
@@ -214,6 +221,16 @@ def _certified(run: Run) -> bool:
 
 def _repair(run: Run, weak) -> bool:
     """Replace each weak input-box leaf by a split whose halves input splitting re-proves."""
+    from verifier.bounds import DeadlineReached
+
+    try:
+        return _split_weak_leaves(run, weak)
+    except DeadlineReached:
+        return False
+
+
+def _split_weak_leaves(run: Run, weak) -> bool:
+    """``_repair``'s work (the engine may stop it at the deadline)."""
     from verifier.search.input_split import input_split
 
     engine = _engine(run)
@@ -421,6 +438,7 @@ def _engine(run: Run):
 
     if run.engine is None:
         run.engine = BoundEngine(run.model.graph, device=run.device, dtype=getattr(torch, run.config.bounds.dtype))
+        run.engine.deadline = run.deadline
     return run.engine
 
 

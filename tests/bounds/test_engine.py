@@ -191,3 +191,34 @@ def test_next_float_is_the_neighbour_and_passes_gradients():
     assert torch.equal(up[:3], want[:3]) and bool((up[:3] > x[:3]).all()) and up[3] == -math.inf
     up.sum().backward()
     assert torch.equal(x.grad, torch.ones(4))
+
+
+def test_engine_deadline_stops_propagation(helpers, nets):
+    """A passed ``engine.deadline`` raises DeadlineReached from CROWN; alpha-CROWN keeps its best so far."""
+    import time
+
+    from verifier.bounds import DeadlineReached
+
+    graph = nets.mlp([4, 16, 16, 3], "relu", seed=2)
+    gen = torch.Generator().manual_seed(2)
+    lo, hi = helpers.random_box(2, (4,), gen, width=1.0)
+    engine = BoundEngine(graph)
+    crown = engine.compute(lo, hi)
+    engine.deadline = time.monotonic() - 1.0
+    with pytest.raises(DeadlineReached):
+        engine.compute(lo, hi)
+    engine.deadline = None
+    calls = []
+    original = engine.propagate
+
+    def late_after_first(*args, **kwargs):
+        if kwargs.get("alphas") is not None:
+            calls.append(1)
+            if len(calls) > 1:
+                engine.deadline = time.monotonic() - 1.0
+        return original(*args, **kwargs)
+
+    engine.propagate = late_after_first
+    res = engine.compute(lo, hi, method="alpha", alpha=AlphaConfig(iterations=10, early_stop=False))
+    assert len(calls) == 2 and bool((res.lower >= crown.lower - 1e-5).all())
+    helpers.assert_sound(res, graph, lo, hi, n=500)

@@ -100,10 +100,15 @@ def optimise_alphas(engine, box, dom, A_spec, m, cfg, reference, plan, alphas, c
     opt = torch.optim.Adam(params, lr=cfg.lr) if params else None
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, cfg.lr_decay) if params else None
     n_eval = max(1, cfg.iterations) if params else 1
+    from verifier.bounds.engine import DeadlineReached
+
     for it in range(n_eval):
-        with torch.enable_grad():
-            bounds, _ = engine.propagate(box, dom, crown=True, plan=plan, alphas=alphas, reference=reference)
-            low = engine.spec_lower(A_spec, bounds, alphas[SPEC], {})
+        try:
+            with torch.enable_grad():
+                bounds, _ = engine.propagate(box, dom, crown=True, plan=plan, alphas=alphas, reference=reference)
+                low = engine.spec_lower(A_spec, bounds, alphas[SPEC], {})
+        except DeadlineReached:
+            break   # the engine's own deadline: keep the best iteration so far (CROWN's at worst)
         best_low = torch.maximum(best_low, low.detach())
         best_bounds = _tightest(best_bounds, bounds)
         obj = low.detach().sum(1)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +16,10 @@ from verifier.config import AlphaConfig
 from verifier.model.graph import Graph
 
 METHODS = ("ibp", "crown", "alpha")
+
+
+class DeadlineReached(Exception):
+    """The engine's deadline passed during a propagation (no bound is returned)."""
 
 
 @dataclass
@@ -61,6 +66,8 @@ class BoundEngine:
         self.dtype = dtype
         self.device = torch.device(device) if device is not None else _param_device(graph)
         full_precision_on(self.device)
+        # a time.monotonic() value: propagation raises DeadlineReached once it has passed
+        self.deadline: float | None = None
         self.graph = graph.to(device=self.device, dtype=dtype)
         self.nodes = self.graph.node_map
         self.scope = {name: anc | {name} for name, anc in ancestors(self.graph).items()}
@@ -113,6 +120,11 @@ class BoundEngine:
 
         return compute_domains(self, lower, upper, C, splits, **kwargs)
 
+    def check_time(self) -> None:
+        """Raise ``DeadlineReached`` once ``self.deadline`` has passed."""
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise DeadlineReached("bound propagation stopped at the deadline")
+
     # ------------------------------------------------------------------ propagation
     def propagate(self, box: Bounds, dom: Domain, *, crown: bool, plan=None, alphas=None, reference=None,
                   forward: bool = True):
@@ -127,6 +139,7 @@ class BoundEngine:
         new_plan = {}
         fns = {self.graph.input_name: input_fn(box)} if crown and forward and self.forward_mode else None
         for node in self.graph.nodes:
+            self.check_time()
             in_bounds = [bounds[i] for i in node.inputs]
             lo, hi = OPS[node.op].ibp(node, in_bounds)
             lo, hi = self._tighten(node.name, lo, hi, dom, reference)
@@ -176,6 +189,7 @@ class BoundEngine:
         chunk = max(1, self.max_A_elements // (2 * per_row))
         lows, highs = [], []
         for s in range(0, k, chunk):
+            self.check_time()
             e = min(k, s + chunk)
             sub = None if aset is None else _alpha_rows(aset, k, s, e)
             start, A0, bias0 = self._start_matrix(name, rows[s:e], lo)
