@@ -257,9 +257,23 @@ def main(argv: list[str] | None = None) -> int:
     # Budgets count from process start for the console script (start-up is part of the time).
     args.started = _STARTED if argv is None else time.monotonic()
     try:
-        return args.func(args)
+        code = args.func(args)
     except KeyboardInterrupt:
-        return 130
+        code = 130
+    if argv is None:   # the console script: everything is written; skip torch's ~0.3 s interpreter teardown
+        _leave(code)
+    return code
+
+
+def _leave(code: int | None) -> None:
+    """Flush every output stream and end the process now with ``code``."""
+    import logging
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
