@@ -59,7 +59,10 @@ def _sum_rows(t: torch.Tensor) -> torch.Tensor:
 
 def _back_linear(node: Node, A: torch.Tensor, p: Pass):
     w, b = node.params["weight"], node.params.get("bias")
-    bias = _sum_rows(A * b) if b is not None else 0.0
+    bias = 0.0
+    if b is not None:   # A [B, m, *lead, out] @ b: one product, then the leading dims summed
+        bias = A @ b
+        bias = bias if bias.dim() == 2 else bias.flatten(2).sum(2)
     return [A @ w], bias
 
 
