@@ -73,8 +73,22 @@ def test_path_bounds_are_sound_and_no_looser(seed):
         assert bool((l >= plain[name][0] - 1e-9).all() and (u <= plain[name][1] + 1e-9).all()), name
 
 
+def _sampled_min(graph):
+    """(min sampled y0 over the region, the point)."""
+    y, _ = cf.sample_outputs(graph, LO, HI, 20000, 0)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(LO, HI, size=(20000, 3))
+    x[: 2000] = np.where(rng.random((2000, 3)) < 0.5, LO, HI)
+    return float(y[:, 0].min()), x[int(y[:, 0].argmin())]
+
+
+def _holding(tree, x):
+    """The leaf of the uniform tree whose box holds x."""
+    return next(where for _, lo, hi, where, _ in tree if np.all(lo <= x) and np.all(x <= hi))
+
+
 def test_weak_leaves_are_accepted_along_their_path():
-    """A bound only the path re-derivation reaches is accepted; one just beyond it is rejected."""
+    """A bound only the path re-derivation reaches is accepted; a violated property is rejected."""
     for seed in range(10):
         graph = cf.mlp(seed, 3, (16, 16, 16), 2)
         tree, v_root, v_path = _values(graph, 4)
@@ -87,19 +101,35 @@ def test_weak_leaves_are_accepted_along_their_path():
     spec, cert = _certificate(tree, b)
     report = check(graph, spec, cert)
     assert report.ok, report.reasons
-    spec, cert = _certificate(tree, float(v_path.min()) + 1e-6)
+    low, x = _sampled_min(graph)
+    spec, cert = _certificate(tree, low + 1e-3)   # a sampled point violates it
     report = check(graph, spec, cert)
-    assert not report.ok and len(report.weak) == 1
-    assert report.weak[0][2].where == tree[int(v_path.argmin())][3]
+    assert not report.ok and _holding(tree, x) in {leaf.where for _, _, leaf in report.weak}
+
+
+def test_the_checker_subdivides_a_leaf_it_cannot_rederive_whole(monkeypatch):
+    """A margin below every whole-leaf bound but above the true minimum is proved by bisecting the leaf."""
+    import verifier.check.checker as checker
+
+    graph = cf.mlp(4, 3, (16, 16, 16), 2)
+    tree, v_root, v_path = _values(graph, 3)
+    v_path = np.maximum(v_path, v_root)
+    low, _ = _sampled_min(graph)
+    assert float(v_path.min()) < low - 1e-3
+    spec, cert = _certificate(tree, float(v_path.min()) + 0.1 * (low - float(v_path.min())))
+    assert check(graph, spec, cert).ok
+    monkeypatch.setattr(checker, "SUBDIVIDE_DEPTH", 0)
+    report = check(graph, spec, cert)
+    assert not report.ok and report.weak
 
 
 def test_only_rederives_the_listed_subtrees():
     """``only`` skips leaves outside the listed paths; a failing leaf inside them is still rejected."""
     graph = cf.mlp(4, 3, (16, 16, 16), 2)
-    tree, v_root, v_path = _values(graph, 3)
-    v_path = np.maximum(v_path, v_root)
-    worst = tree[int(v_path.argmin())][3]
-    spec, cert = _certificate(tree, float(v_path.min()) + 1e-6)
+    tree, _, _ = _values(graph, 3)
+    low, x = _sampled_min(graph)
+    worst = _holding(tree, x)
+    spec, cert = _certificate(tree, low + 1e-3)
     assert not check(graph, spec, cert).ok
     others = {where for *_, where, _ in tree if where != worst}
     report = check(graph, spec, cert, only=others)

@@ -21,6 +21,7 @@ from verifier.check.tree import ArrayStore, Leaf, parent_path, walk
 from verifier.model.graph import Graph
 from verifier.spec.spec import Spec
 
+SUBDIVIDE_DEPTH = 6  # levels of the checker's own bisection of a leaf it cannot re-derive whole
 CLAIM_TOL = 1e-9     # relative slack between a claimed and a re-derived bound
 MAX_REASONS = 20     # failures listed individually before the rest are counted
 BUDGET = 1 << 24     # float64 elements per coefficient tensor (about 128 MiB)
@@ -177,7 +178,8 @@ def _check_leaves(graph: Graph, A: np.ndarray, b: np.ndarray, leaves: list[Leaf]
     > 0 that way is bounded again the way a branch and bound search bounds it: each domain on its
     path, from the root down, intersected with its parent's bounds (all derived here), with every
     neuron tightened by CROWN (a batched search tightens the neurons unstable anywhere in its
-    batch, which sharpens stable neurons' intervals too).
+    batch, which sharpens stable neurons' intervals too). An input-box leaf still not > 0 is
+    bisected by the checker itself, up to SUBDIVIDE_DEPTH levels (``_subdivide``).
     """
     root = tree.root if tree is not None else None
     values = _leaf_values(graph, A, b, leaves, lambda part: root, deadline, len(leaves))
@@ -189,12 +191,55 @@ def _check_leaves(graph: Graph, A: np.ndarray, b: np.ndarray, leaves: list[Leaf]
                                     deadline, len(leaves), tighten_all=True)
         for i, v in zip(again, values_again):
             values[i] = max(values[i], v)
+        still = [i for i in again if not values[i] > 0 and not leaves[i].splits]
+        if still:
+            known = [parents[parent_path(leaves[i].where)] if leaves[i].where != tree.root_path else tree.root
+                     for i in still]
+            for i, v in zip(still, _subdivide(graph, A, b, [leaves[i] for i in still], known, deadline)):
+                values[i] = max(values[i], v)
     failed: list[Leaf] = []
     for leaf, value in zip(leaves, values):
         _judge(leaf, value, strict, reasons, notes)
         if not value > 0:
             failed.append(leaf)
     return failed
+
+
+def _subdivide(graph: Graph, A, b, leaves: list[Leaf], known: list[dict], deadline: float | None) -> list[float]:
+    """The checker's own bisection of input-box leaves: min over the pieces of the re-derived bound.
+
+    A float32 search may claim a margin of 1e-4 on a leaf where its batched bounds were a little
+    tighter than any bound re-derived here; splitting the leaf's box (widest dim relative to the
+    leaf, each piece intersected with its parent piece's bounds) recovers such margins. A leaf is
+    given up (its least value returned) once a piece SUBDIVIDE_DEPTH levels deep is still not > 0.
+    """
+    dev, f64 = _device_of(graph), torch.float64
+    worst = [math.inf] * len(leaves)
+    work = [(k, leaf.lower, leaf.upper, known[k], 0) for k, leaf in enumerate(leaves)]
+    chunk = _chunk(graph)
+    while work:
+        _in_time(deadline, f"while subdividing {len(leaves)} leaves")
+        part, work = [w for w in work[:chunk] if worst[w[0]] > 0], work[chunk:]   # a failed leaf's pieces are moot
+        if not part:
+            continue
+        doms = [Leaf(leaves[k].where, lo, hi, (), leaves[k].row, 1.0) for k, lo, hi, _, _ in part]
+        bounds, empty = domain_bounds(graph, doms, _stack([kn for _, _, _, kn, _ in part]), tighten_all=True)
+        rows = torch.as_tensor(np.stack([A[d.row] for d in doms]), dtype=f64, device=dev)
+        rhs = torch.as_tensor(np.array([b[d.row] for d in doms]), dtype=f64, device=dev)
+        value = objective_lower(graph, Pass(bounds), rows, rhs)
+        value = torch.where(empty, torch.full_like(value, math.inf), value).cpu().tolist()
+        for j, (k, lo, hi, _, depth) in enumerate(part):
+            rel = (hi - lo) / np.maximum(leaves[k].upper - leaves[k].lower, 1e-300)
+            dim = int(np.argmax(rel))
+            mid = (lo[dim] + hi[dim]) / 2
+            if value[j] > 0 or depth >= SUBDIVIDE_DEPTH or not lo[dim] < mid < hi[dim]:
+                worst[k] = min(worst[k], value[j])
+                continue
+            mine = {name: (l[j:j + 1], u[j:j + 1]) for name, (l, u) in bounds.items()}
+            low_hi, high_lo = hi.copy(), lo.copy()
+            low_hi[dim] = high_lo[dim] = mid
+            work += [(k, lo, low_hi, mine, depth + 1), (k, high_lo, hi, mine, depth + 1)]
+    return worst
 
 
 def _chunk(graph: Graph) -> int:
