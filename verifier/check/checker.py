@@ -62,6 +62,7 @@ def check(graph: Graph, spec: Spec, cert: dict, model_sha256: str | None = None,
         _check_support(graph, spec)
         arrays = ArrayStore(cert.get("arrays", {}))
         g = graph.to(device=torch.device(device), dtype=torch.float64)
+        roots: dict[int, dict] = {}   # bounds on each region box, shared by that region's proofs
         for ri, pi, tree in _proofs(cert, spec):
             region, poly = spec.regions[ri], spec.regions[ri].unsafe[pi]
             where = f"proof (region {ri}, polytope {pi})"
@@ -71,8 +72,10 @@ def check(graph: Graph, spec: Spec, cert: dict, model_sha256: str | None = None,
             n_leaves += len(leaves)
             if only is not None:
                 leaves = [lf for lf in leaves if _under(lf.where, only)]
+            if ri not in roots:
+                roots[ri] = root_bounds(g, region.lower, region.upper)
             failed = _check_leaves(g, poly.A, poly.b, leaves, strict, reasons, notes, deadline,
-                                   Ancestry(where, inner, root_bounds(g, region.lower, region.upper)))
+                                   Ancestry(where, inner, roots[ri]))
             weak.extend((ri, pi, leaf) for leaf in failed)
     except CertificateError as e:
         reasons.append(str(e))
@@ -182,7 +185,15 @@ def _check_leaves(graph: Graph, A: np.ndarray, b: np.ndarray, leaves: list[Leaf]
     bisected by the checker itself, up to SUBDIVIDE_DEPTH levels (``_subdivide``).
     """
     root = tree.root if tree is not None else None
-    values = _leaf_values(graph, A, b, leaves, lambda part: root, deadline, len(leaves))
+    whole = [i for i, lf in enumerate(leaves) if root is not None and lf.where == tree.root_path and not lf.splits]
+    rest = sorted(set(range(len(leaves))) - set(whole))
+    values = [0.0] * len(leaves)
+    if whole:   # the leaf is the region box itself: the root's bounds are its bounds
+        for i, v in zip(whole, _whole_box_values(graph, A, b, [leaves[i] for i in whole], root)):
+            values[i] = v
+    for i, v in zip(rest, _leaf_values(graph, A, b, [leaves[i] for i in rest], lambda part: root, deadline,
+                                       len(leaves))):
+        values[i] = v
     again = [i for i, v in enumerate(values) if not v > 0]
     if again and tree is not None and tree.inner:
         parents = _parent_bounds(graph, [leaves[i] for i in again], tree, deadline)
@@ -240,6 +251,17 @@ def _subdivide(graph: Graph, A, b, leaves: list[Leaf], known: list[dict], deadli
             low_hi[dim] = high_lo[dim] = mid
             work += [(k, lo, low_hi, mine, depth + 1), (k, high_lo, hi, mine, depth + 1)]
     return worst
+
+
+def _whole_box_values(graph: Graph, A, b, leaves: list[Leaf], root: dict) -> list[float]:
+    """Bounds of leaves whose domain is the whole region box, from the region's bounds (objective pass only)."""
+    dev, f64, n = _device_of(graph), torch.float64, len(leaves)
+    _, alphas, betas = _split_tensors(graph, leaves, dev)
+    bounds = {k: (lo.expand((n,) + tuple(lo.shape[1:])), hi.expand((n,) + tuple(hi.shape[1:])))
+              for k, (lo, hi) in root.items()}
+    rows = torch.as_tensor(np.stack([A[lf.row] for lf in leaves]), dtype=f64, device=dev)
+    rhs = torch.as_tensor(np.array([b[lf.row] for lf in leaves]), dtype=f64, device=dev)
+    return objective_lower(graph, Pass(bounds, alphas, betas), rows, rhs).cpu().tolist()
 
 
 def _chunk(graph: Graph) -> int:
