@@ -135,3 +135,24 @@ def test_only_rederives_the_listed_subtrees():
     report = check(graph, spec, cert, only=others)
     assert report.ok and report.leaves == len(tree)
     assert not check(graph, spec, cert, only={worst[:-2]}).ok
+
+
+def test_a_whole_box_leaf_uses_the_region_bounds():
+    """A one-leaf proof over the region box is judged from the region's own bounds: a margin below
+    the re-derived bound is accepted, a violated property (sampled point) is rejected."""
+    from verifier.check.checker import _whole_box_values
+
+    graph = cf.mlp(1, 3, (12, 12), 2)
+    g64 = graph.to(dtype=torch.float64)
+    A, b = np.array([[1.0, 0.0]]), np.zeros(1)
+    root = root_bounds(g64, LO, HI)
+    whole = Leaf(ROOT, LO.copy(), HI.copy(), (), 0, 1.0)
+    value = _whole_box_values(g64, A, b, [whole], root)[0]
+    assert value == pytest.approx(float(leaf_bounds(g64, A, b, [whole], root)[0]), abs=1e-9)
+    low, _ = _sampled_min(graph)
+    assert value <= low
+    for spec_b, ok in ((value - 1e-3, True), (low + 1e-3, False)):
+        spec = Spec(3, 2, (Region(LO, HI, (Polytope(A, np.array([spec_b])),)),))
+        builder = CertificateBuilder("m" * 64, "s" * 64)
+        builder.add_proof(0, 0, leaf(0, 1e-6))
+        assert check(graph, spec, builder.to_json()).ok is ok
