@@ -118,7 +118,6 @@ def _round_out(lo64: torch.Tensor, hi64: torch.Tensor, dtype) -> tuple[torch.Ten
     return lo, hi
 
 
-
 # ------------------------------------------------------------------------------------ curve op
 def parallel_lines(node, l: torch.Tensor, u: torch.Tensor):
     """(slope, lower intercept, upper intercept) in float64 with s x + b_lo <= f(x) <= s x + b_hi."""

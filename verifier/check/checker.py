@@ -204,8 +204,7 @@ def _check_leaves(graph: Graph, A: np.ndarray, b: np.ndarray, leaves: list[Leaf]
             values[i] = max(values[i], v)
         still = [i for i in again if not values[i] > 0 and not leaves[i].splits]
         if still:
-            known = [parents[parent_path(leaves[i].where)] if leaves[i].where != tree.root_path else tree.root
-                     for i in still]
+            known = [parents[parent_path(leaves[i].where)] for i in still]
             for i, v in zip(still, _subdivide(graph, A, b, [leaves[i] for i in still], known, deadline)):
                 values[i] = max(values[i], v)
     failed: list[Leaf] = []
@@ -224,7 +223,6 @@ def _subdivide(graph: Graph, A, b, leaves: list[Leaf], known: list[dict], deadli
     leaf, each piece intersected with its parent piece's bounds) recovers such margins. A leaf is
     given up (its least value returned) once a piece SUBDIVIDE_DEPTH levels deep is still not > 0.
     """
-    dev, f64 = _device_of(graph), torch.float64
     worst = [math.inf] * len(leaves)
     work = [(k, leaf.lower, leaf.upper, known[k], 0) for k, leaf in enumerate(leaves)]
     chunk = _chunk(graph)
@@ -235,10 +233,7 @@ def _subdivide(graph: Graph, A, b, leaves: list[Leaf], known: list[dict], deadli
             continue
         doms = [Leaf(leaves[k].where, lo, hi, (), leaves[k].row, 1.0) for k, lo, hi, _, _ in part]
         bounds, empty = domain_bounds(graph, doms, _stack([kn for _, _, _, kn, _ in part]), tighten_all=True)
-        rows = torch.as_tensor(np.stack([A[d.row] for d in doms]), dtype=f64, device=dev)
-        rhs = torch.as_tensor(np.array([b[d.row] for d in doms]), dtype=f64, device=dev)
-        value = objective_lower(graph, Pass(bounds), rows, rhs)
-        value = torch.where(empty, torch.full_like(value, math.inf), value).cpu().tolist()
+        value = _row_values(graph, A, b, doms, Pass(bounds), empty).tolist()
         for j, (k, lo, hi, _, depth) in enumerate(part):
             rel = (hi - lo) / np.maximum(leaves[k].upper - leaves[k].lower, 1e-300)
             dim = int(np.argmax(rel))
@@ -255,13 +250,11 @@ def _subdivide(graph: Graph, A, b, leaves: list[Leaf], known: list[dict], deadli
 
 def _whole_box_values(graph: Graph, A, b, leaves: list[Leaf], root: dict) -> list[float]:
     """Bounds of leaves whose domain is the whole region box, from the region's bounds (objective pass only)."""
-    dev, f64, n = _device_of(graph), torch.float64, len(leaves)
-    _, alphas, betas = _split_tensors(graph, leaves, dev)
+    n = len(leaves)
+    _, alphas, betas = _split_tensors(graph, leaves, _device_of(graph))
     bounds = {k: (lo.expand((n,) + tuple(lo.shape[1:])), hi.expand((n,) + tuple(hi.shape[1:])))
               for k, (lo, hi) in root.items()}
-    rows = torch.as_tensor(np.stack([A[lf.row] for lf in leaves]), dtype=f64, device=dev)
-    rhs = torch.as_tensor(np.array([b[lf.row] for lf in leaves]), dtype=f64, device=dev)
-    return objective_lower(graph, Pass(bounds, alphas, betas), rows, rhs).cpu().tolist()
+    return _row_values(graph, A, b, leaves, Pass(bounds, alphas, betas)).tolist()
 
 
 def _chunk(graph: Graph) -> int:
@@ -343,12 +336,19 @@ def leaf_bounds(graph: Graph, A: np.ndarray, b: np.ndarray, leaves: list[Leaf], 
     ``known``: bounds on domains containing the leaves (the region box's, ``[1, *shape]``, or each
     leaf's parent's, ``[B, *shape]``), intersected in.
     """
-    dev, f64 = _device_of(graph), torch.float64
     bounds, empty, (alphas, betas) = domain_bounds(graph, leaves, known, tighten_all, with_params=True)
+    return _row_values(graph, A, b, leaves, Pass(bounds, alphas, betas), empty)
+
+
+def _row_values(graph: Graph, A, b, leaves: list[Leaf], p: Pass, empty: torch.Tensor | None = None) -> torch.Tensor:
+    """Lower bound [len(leaves)] (on the CPU) of each leaf's row ``A_i y - b_i`` given the pass; +inf where empty."""
+    dev, f64 = _device_of(graph), torch.float64
     rows = torch.as_tensor(np.stack([A[lf.row] for lf in leaves]), dtype=f64, device=dev)
     rhs = torch.as_tensor(np.array([b[lf.row] for lf in leaves]), dtype=f64, device=dev)
-    value = objective_lower(graph, Pass(bounds, alphas, betas), rows, rhs)
-    return torch.where(empty, torch.full_like(value, math.inf), value).cpu()
+    value = objective_lower(graph, p, rows, rhs)
+    if empty is not None:
+        value = torch.where(empty, torch.full_like(value, math.inf), value)
+    return value.cpu()
 
 
 def domain_bounds(graph: Graph, domains: list[Leaf], known: dict | None = None, tighten_all: bool = False,
