@@ -55,6 +55,9 @@ class BabConfig:
     # the CROWN bound's input coefficients, "gradient" from the network's gradient at the box
     # centre, "both" sums the two (each scaled to 1)
     input_branching: str = "both"
+    samples: int = 1024          # input splitting: random points tried in the open boxes per batch
+    local_share: float = 0.1     # input splitting: share of the search time given to local search
+    local_steps: int = 30        # generations per round of local search (short rounds from fresh starts pay best)
 
     def __post_init__(self):
         if self.input_branching not in ("coeff", "gradient", "both"):

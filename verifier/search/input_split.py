@@ -17,6 +17,7 @@ import torch
 
 from verifier.bounds.box import outward_box
 from verifier.config import BabConfig
+from verifier.search.local import evolve
 from verifier.search.prooftree import split_tree
 
 STARVED = 256.0   # see choose_dims
@@ -98,17 +99,14 @@ class Pending:
 
     def pop(self, n: int) -> "Pending":
         """Remove and return the last ``n`` domains (depth-first: memory stays small)."""
-        out = Pending(self.lo[-n:], self.hi[-n:], self.ids[-n:], self.depth[-n:],
-                      None if self.inter is None else {k: (l[-n:], u[-n:]) for k, (l, u) in self.inter.items()})
-        self.lo, self.hi, self.ids, self.depth = self.lo[:-n], self.hi[:-n], self.ids[:-n], self.depth[:-n]
-        if self.inter is not None:
-            self.inter = {k: (l[:-n], u[:-n]) for k, (l, u) in self.inter.items()}
+        out = self.select(slice(len(self) - n, None))
+        self.__dict__.update(self.select(slice(0, len(self) - n)).__dict__)
         return out
 
-    def select(self, mask: torch.Tensor) -> "Pending":
-        """The domains where ``mask`` is true."""
-        inter = None if self.inter is None else {k: (l[mask], u[mask]) for k, (l, u) in self.inter.items()}
-        return Pending(self.lo[mask], self.hi[mask], self.ids[mask], self.depth[mask], inter)
+    def select(self, index) -> "Pending":
+        """The domains at ``index`` (a mask or a slice)."""
+        inter = None if self.inter is None else {k: (l[index], u[index]) for k, (l, u) in self.inter.items()}
+        return Pending(self.lo[index], self.hi[index], self.ids[index], self.depth[index], inter)
 
     def push(self, part: "Pending") -> None:
         """Append domains; node bounds are kept only while every domain has them (else dropped)."""
@@ -124,10 +122,69 @@ class Pending:
         self.ids, self.depth = torch.cat([self.ids, part.ids]), torch.cat([self.depth, part.depth])
 
 
+class Falsifier:
+    """Where the search looks for counterexamples: probes of the open boxes, then local search.
+
+    ``worst(y)``: the smallest margin over the target polytopes (<= 0: f(x) = y is unsafe).
+    The lowest-margin points probed so far are kept; a share of the search time goes to an
+    evolution strategy (``verifier.search.local``) started from them and from fresh samples.
+    """
+
+    KEEP = 64
+
+    def __init__(self, graph, lo, hi, targets, validate, config: BabConfig, deadline: float):
+        self.graph, self.lo, self.hi = graph, lo, hi
+        self.targets = [(torch.tensor(A, dtype=lo.dtype, device=lo.device),
+                         torch.tensor(b, dtype=lo.dtype, device=lo.device)) for A, b in targets]
+        self.validate, self.config, self.deadline = validate, config, deadline
+        self.gen = torch.Generator().manual_seed(0)   # the same run gives the same answer
+        self.pool_x, self.pool_m = lo[:0], lo.new_zeros(0)
+        self.spent, self.rounds = 0.0, 0
+
+    def worst(self, y: torch.Tensor) -> torch.Tensor:
+        return torch.stack([(y @ A.T - b).max(dim=1).values for A, b in self.targets], 1).min(dim=1).values
+
+    def margin(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            y = self.graph.forward(x.reshape((x.shape[0],) + tuple(self.graph.input_shape)))
+        return self.worst(y.reshape(x.shape[0], -1))
+
+    def offer(self, x: torch.Tensor, worst: torch.Tensor):
+        """Validate the deepest unsafe points (a counterexample, or None); keep the best points."""
+        cex = _try_points(x, worst, self.validate)
+        if cex is None:
+            pool_x, pool_m = torch.cat([self.pool_x, x]), torch.cat([self.pool_m, worst])
+            keep = torch.topk(pool_m, min(self.KEEP, len(pool_m)), largest=False).indices
+            self.pool_x, self.pool_m = pool_x[keep], pool_m[keep]
+        return cex
+
+    def due(self, searched: float) -> bool:
+        """Whether local search has had less than its share of the ``searched`` seconds."""
+        return self.config.local_share > 0 and self.spent < self.config.local_share * searched
+
+    def local_search(self):
+        """One round of the evolution strategy from the kept points and the best of 64 times as
+        many fresh samples of the whole box (the kept points cluster where the search is)."""
+        t0 = time.monotonic()
+        fresh = self.lo + torch.rand((self.KEEP * 64, self.lo.shape[1]), generator=self.gen,
+                                     dtype=self.lo.dtype).to(self.lo.device) * (self.hi - self.lo)
+        fresh = fresh[torch.topk(self.margin(fresh), self.KEEP, largest=False).indices]
+        starts = torch.cat([self.pool_x, fresh])
+        cex = evolve(self.margin, starts, self.lo[0], self.hi[0], self.config.local_steps, 16, self.gen,
+                     lambda x, m: _try_points(x, m, self.validate), deadline=self.deadline)
+        self.spent += time.monotonic() - t0
+        self.rounds += 1
+        return cex
+
+
 def input_split(engine, graph, lower: np.ndarray, upper: np.ndarray, A: np.ndarray, b: np.ndarray,
                 validate: Callable[[np.ndarray], object], deadline: float, config: BabConfig,
-                device=None, dtype=torch.float32) -> SplitOutcome:
-    """Prove ``A f(x) <= b`` unreachable over the box, or find a validated counterexample."""
+                device=None, dtype=torch.float32, falsify=None) -> SplitOutcome:
+    """Prove ``A f(x) <= b`` unreachable over the box, or find a validated counterexample.
+
+    ``falsify``: the polytopes [(A, b), ...] whose counterexamples the search looks for (default:
+    this one; the portfolio passes every polytope of the region, since any of them settles it).
+    """
     t0 = time.monotonic()
     lo, hi = outward_box(lower, upper, dtype, device, (1, -1))
     root_width = (hi - lo)[0]
@@ -135,12 +192,19 @@ def input_split(engine, graph, lower: np.ndarray, upper: np.ndarray, A: np.ndarr
     zero = torch.zeros(1, dtype=torch.long, device=device)
     queue = Pending(lo, hi, zero, zero.clone())
     log, next_id, visited, max_depth = SplitLog(), 1, 0, 0
+    hunt = Falsifier(engine.graph, lo, hi, falsify or [(A, b)], validate, config, deadline)
     size = min(64, config.batch)   # batch size: grows while one call stays short, so deadlines hold
     while len(queue):
         if time.monotonic() >= deadline:
-            return SplitOutcome("timeout", log=log, stats=_stats(visited, len(queue), max_depth, t0))
+            return SplitOutcome("timeout", log=log, stats=_stats(visited, len(queue), max_depth, t0, hunt=hunt))
         if len(queue) > config.max_domains:
-            return SplitOutcome("unknown", log=log, stats=_stats(visited, len(queue), max_depth, t0, "domain limit"))
+            return SplitOutcome("unknown", log=log, stats=_stats(visited, len(queue), max_depth, t0, "domain limit",
+                                                                 hunt))
+        if hunt.due(time.monotonic() - t0 - 0.25):
+            cex = hunt.local_search()
+            if cex is not None:
+                return SplitOutcome("violated", cex, log, _stats(visited, len(queue), max_depth, t0, hunt=hunt))
+            continue
         batch = queue.pop(min(size, len(queue)))
         visited += len(batch)
         t_call = time.monotonic()
@@ -157,20 +221,26 @@ def input_split(engine, graph, lower: np.ndarray, upper: np.ndarray, A: np.ndarr
         batch.inter = inter
         batch = batch.select(open_)
         centres, y, grad = centre_outputs(engine.graph, batch.lo, batch.hi, C[0][row[open_]])   # on its device
-        cex = _try_centres(centres, y, C, bt, validate)
+        slopes = None   # the bound's input coefficients for the row closest to proved
+        if coeffs is not None:
+            slopes = coeffs[open_].gather(1, row[open_].view(-1, 1, 1).expand(-1, 1, coeffs.shape[2]))[:, 0]
+        points, outputs = _probe(engine.graph, batch, centres, y, grad, slopes, hunt.gen, config.samples)
+        worst = hunt.worst(outputs)
+        cex = hunt.offer(points, worst)
         if cex is not None:
-            return SplitOutcome("violated", cex, log, _stats(visited, len(queue), max_depth, t0))
-        sens = [] if config.input_branching == "coeff" else [grad]
-        if coeffs is not None:   # the bound's own input coefficients for the row closest to proved
-            sens.append(coeffs[open_].gather(1, row[open_].view(-1, 1, 1).expand(-1, 1, coeffs.shape[2]))[:, 0])
+            return SplitOutcome("violated", cex, log, _stats(visited, len(queue), max_depth, t0, hunt=hunt))
+        sens = [] if config.input_branching == "coeff" else [grad.abs()]
+        if slopes is not None:
+            sens.append(slopes)
         dims = choose_dims(batch.lo, batch.hi, root_width, sens)
         if bool(((batch.hi - batch.lo).gather(1, dims[:, None]) <= 0).any()):
-            return SplitOutcome("unknown", log=log, stats=_stats(visited, len(queue), max_depth, t0, "point box not proved"))
+            return SplitOutcome("unknown", log=log, stats=_stats(visited, len(queue), max_depth, t0, "point box not proved",
+                                                                 hunt))
         low, high, next_id = _halves(batch, dims, next_id, log)
         queue.push(low)
         queue.push(high)
         max_depth = max(max_depth, int(batch.depth.max()) + 1)
-    return SplitOutcome("holds", log=log, stats=_stats(visited, 0, max_depth, t0))
+    return SplitOutcome("holds", log=log, stats=_stats(visited, 0, max_depth, t0, hunt=hunt))
 
 
 def _next_size(size: int, used: int, seconds: float, cap: int, target: float = 0.05) -> int:
@@ -206,27 +276,53 @@ def _bound(engine, graph, batch: Pending, C, b, method, want_coeffs=False):
 
 
 def centre_outputs(graph, lo: torch.Tensor, hi: torch.Tensor, rows: torch.Tensor):
-    """One forward/backward pass at the box centres: (centres [N, n], f(centres) [N, m], sensitivity).
+    """One forward/backward pass at the box centres: (centres [N, n], f(centres) [N, m], gradient).
 
-    The sensitivity |d (row . f(x)) / dx| [N, n] says how much each input moves the row to prove.
+    The gradient d (row . f(x)) / dx [N, n] says how much each input moves the row to prove.
     """
     x = ((lo + hi) / 2).detach().requires_grad_(True)
     with torch.enable_grad():
         y = graph.forward(x.reshape((x.shape[0],) + tuple(graph.input_shape))).reshape(x.shape[0], -1)
         (y * rows).sum().backward()
-    return x.detach(), y.detach(), x.grad.abs()
+    return x.detach(), y.detach(), x.grad
 
 
-def _try_centres(centres, y, C, b, validate):
-    """Validate (onnxruntime) the first few box centres whose outputs land in the unsafe polytope."""
-    worst = (y @ C[0].T - b).max(dim=1).values
-    for i in torch.nonzero(worst <= 0).flatten()[:8].tolist():
-        cex = validate(centres[i].double().cpu().numpy())
+def _probe(graph, batch: Pending, centres, y, grad: torch.Tensor, slopes: torch.Tensor | None,
+           gen: torch.Generator, samples: int):
+    """Candidate counterexamples in the open boxes: (points [K, n], f(points) [K, m]).
+
+    Per box, its centre (already evaluated), the vertex the centre's gradient descends to and,
+    when the bound's input coefficients are known, the vertex minimising the bound's linear lower
+    bound (in a box where every neuron is stable that bound is exact, so this vertex is where the
+    row is smallest); then ``samples`` uniform points spread over the boxes. Violating regions can
+    be tiny (1 input in a million on ACAS Xu 1_9 prop 7), and the open boxes are where the search
+    has not ruled them out.
+    """
+    lo, hi = batch.lo, batch.hi
+    points = [centres, torch.where(grad > 0, lo, hi)]
+    if slopes is not None:
+        points.append(torch.where(slopes > 0, lo, hi))
+    if samples > 0:
+        pick = torch.randint(len(batch), (samples,), generator=gen).to(lo.device)
+        u = torch.rand((samples, lo.shape[1]), generator=gen, dtype=lo.dtype).to(lo.device)
+        points.append(lo[pick] + u * (hi[pick] - lo[pick]))
+    x = torch.cat(points[1:])
+    with torch.no_grad():
+        fx = graph.forward(x.reshape((x.shape[0],) + tuple(graph.input_shape))).reshape(x.shape[0], -1)
+    return torch.cat([centres, x]), torch.cat([y, fx])
+
+
+def _try_points(x, worst, validate):
+    """Validate (onnxruntime) the few points whose outputs lie deepest in the unsafe polytope."""
+    hits = torch.nonzero(worst <= 0).flatten()
+    for i in hits[worst[hits].argsort()][:8].tolist():
+        cex = validate(x[i].double().cpu().numpy())
         if cex is not None:
             return cex
     return None
 
 
-def _stats(visited, pending, depth, t0, note=""):
+def _stats(visited, pending, depth, t0, note="", hunt=None):
+    extra = {} if hunt is None or not hunt.rounds else {"local_rounds": hunt.rounds, "local_time": round(hunt.spent, 3)}
     return {"domains": visited, "pending": pending, "max_depth": depth,
-            "time": round(time.monotonic() - t0, 4), **({"note": note} if note else {})}
+            "time": round(time.monotonic() - t0, 4), **extra, **({"note": note} if note else {})}
