@@ -47,13 +47,107 @@ def to_certificate(model_sha256: str, spec_sha256: str, proofs: list[tuple[int, 
 
 
 def certify(graph, spec, model_sha256: str, spec_sha256: str, proofs: list[tuple[int, int, dict]],
-            deadline: float | None = None, only: set[str] | None = None):
+            deadline: float | None = None, only: set[str] | None = None, workers: int = 1):
     """Build the certificate and check it independently (by ``deadline``): (certificate, CheckReport).
 
     ``only``: re-derive just the leaves under these tree paths (see ``verifier.check.check``).
+    ``workers`` > 1: split the leaves between this process and forked ones (CPU only: the
+    checker's float64 work on a large input-split proof is as long as the search that made it).
     """
     from verifier.check import check
 
     cert = to_certificate(model_sha256, spec_sha256, proofs)
-    report = check(graph, spec, cert, model_sha256, spec_sha256, deadline=deadline, only=only)
-    return cert, report
+    parts = partition(proofs, workers) if workers > 1 and only is None else []
+    if len(parts) < 2:
+        return cert, check(graph, spec, cert, model_sha256, spec_sha256, deadline=deadline, only=only)
+    return cert, _check_forked(lambda paths: check(graph, spec, cert, model_sha256, spec_sha256, deadline=deadline,
+                                                   only=paths), parts, deadline)
+
+
+PARALLEL_MIN_LEAVES = 512   # smaller proofs are checked faster than a process forks and reports
+
+
+def partition(proofs: list[tuple[int, int, dict]], parts: int) -> list[set[str]]:
+    """Split the proofs' leaves into ``parts`` sets of checker tree paths with about as many leaves
+    each; [] when there are too few leaves to be worth it.
+
+    Subtrees of at most 1/(8 parts) of the leaves are the units, dealt largest first to the
+    lightest part.
+    """
+    counts, roots = {}, []
+    for region, polytope, tree in proofs:
+        roots.append((tree, f"proof (region {region}, polytope {polytope})"))
+        order, stack = [], [tree]
+        while stack:
+            node = stack.pop()
+            order.append(node)
+            stack.extend(node.get("children", ()))
+        for node in reversed(order):
+            counts[id(node)] = sum(counts[id(c)] for c in node["children"]) if "split" in node else 1
+    total = sum(counts[id(tree)] for tree, _ in roots)
+    if total < PARALLEL_MIN_LEAVES:
+        return []
+    units, stack = [], roots
+    while stack:
+        node, path = stack.pop()
+        if "split" not in node or counts[id(node)] * 8 * parts <= total:
+            units.append((counts[id(node)], path))
+            continue
+        steps = ("L", "H") if node["split"]["kind"] == "input" else ("I", "A")
+        stack.extend((child, f"{path}.{step}") for child, step in zip(node["children"], steps))
+    loads, sets = [0] * parts, [set() for _ in range(parts)]
+    for count, path in sorted(units, reverse=True):
+        k = loads.index(min(loads))
+        loads[k] += count
+        sets[k].add(path)
+    return sets
+
+
+def _check_forked(check_part, parts: list[set[str]], deadline: float | None):
+    """Run ``check_part`` on every part, the first here and the others in forked processes; merge.
+
+    A worker that dies or does not answer by the deadline (plus a grace second) fails the check.
+    """
+    import multiprocessing
+    import time
+
+    from verifier.check.checker import CheckReport
+
+    t0 = time.monotonic()
+    ctx = multiprocessing.get_context("fork")
+    pipes, procs = [], []
+    for paths in parts[1:]:
+        recv, send = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=_report_to, args=(send, check_part, paths), daemon=True)
+        proc.start()
+        send.close()
+        pipes.append(recv)
+        procs.append(proc)
+    reports = [check_part(parts[0])]
+    for recv, proc in zip(pipes, procs):
+        wait = None if deadline is None else max(deadline - time.monotonic(), 0.0) + 1.0
+        try:
+            reports.append(recv.recv() if recv.poll(wait) else None)
+        except EOFError:
+            reports.append(None)
+        proc.join(1.0)
+        if proc.is_alive():
+            proc.kill()
+    reasons = [r for rep in reports if rep is not None for r in rep.reasons]
+    reasons += ["a checker worker process failed or did not answer in time"] * sum(rep is None for rep in reports)
+    done = [rep for rep in reports if rep is not None]
+    return CheckReport(not reasons, reasons, reports[0].leaves, time.monotonic() - t0,
+                       [n for rep in done for n in rep.notes], [w for rep in done for w in rep.weak],
+                       sum(rep.failures for rep in done) + len(reports) - len(done))
+
+
+def _report_to(send, check_part, paths) -> None:
+    """Worker body: check one part and send the report back.
+
+    One torch thread: a forked child that enters the parent's OpenMP pool hangs.
+    """
+    import torch
+
+    torch.set_num_threads(1)
+    send.send(check_part(paths))
+    send.close()

@@ -78,6 +78,7 @@ class VerifyConfig:
     timeout: float = 60.0
     method: str = "auto"  # auto | attack | ibp | crown | alpha | bab | milp | sat
     check_certificates: bool = True
+    check_workers: int = 2   # processes checking a large certificate (CPU runs on one thread only)
     # False admits witnesses whose X values lie exactly in the box but that the network's float32
     # input type rounds (the network sees the rounded value, as onnxruntime does); marked in the result.
     exact_inputs: bool = False

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -197,7 +198,7 @@ def _certified(run: Run) -> bool:
         proofs = [(g.region, g.polytope, g.proof) for g in run.goals if g.proof is not None]
         t0 = time.monotonic()
         cert, report = certify(run.model.graph, run.spec, run.model.sha256, run.spec_sha256, proofs, run.deadline,
-                               only)
+                               only, _check_workers(run))
         run.timed("check", t0)
         run.note(f"certificate: {report.leaves} leaves, checked in {report.time:.3f}s: "
                  f"{'ok' if report.ok else f'{len(report.weak)} weak leaves' if report.weak else 'REJECTED'}")
@@ -217,6 +218,13 @@ def _certified(run: Run) -> bool:
     log.error("certificate REJECTED by the independent checker: %s", "; ".join(report.reasons[:5]))
     run.result.reason = "certificate rejected by the independent checker: " + "; ".join(report.reasons[:3])
     return False
+
+
+def _check_workers(run: Run) -> int:
+    """Processes for the certificate check: every core while the run itself uses one thread on CPU."""
+    if run.device.type != "cpu" or torch.get_num_threads() != 1:
+        return 1
+    return max(1, min(run.config.check_workers, len(os.sched_getaffinity(0))))
 
 
 def _repair(run: Run, weak) -> bool:
