@@ -58,6 +58,7 @@ class BabConfig:
     samples: int = 1024          # input splitting: random points tried in the open boxes per batch
     local_share: float = 0.1     # input splitting: share of the search time given to local search
     local_steps: int = 30        # generations per round of local search (short rounds from fresh starts pay best)
+    parallel_after: float = 2.0  # input splitting with workers > 1: seconds of one-process search first
 
     def __post_init__(self):
         if self.input_branching not in ("coeff", "gradient", "both"):
@@ -78,7 +79,7 @@ class VerifyConfig:
     timeout: float = 60.0
     method: str = "auto"  # auto | attack | ibp | crown | alpha | bab | milp | sat
     check_certificates: bool = True
-    check_workers: int = 2   # processes checking a large certificate (CPU runs on one thread only)
+    workers: int = 2   # processes for long input-split searches and large certificate checks (CPU, one thread)
     # False admits witnesses whose X values lie exactly in the box but that the network's float32
     # input type rounds (the network sees the rounded value, as onnxruntime does); marked in the result.
     exact_inputs: bool = False

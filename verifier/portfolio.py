@@ -198,7 +198,7 @@ def _certified(run: Run) -> bool:
         proofs = [(g.region, g.polytope, g.proof) for g in run.goals if g.proof is not None]
         t0 = time.monotonic()
         cert, report = certify(run.model.graph, run.spec, run.model.sha256, run.spec_sha256, proofs, run.deadline,
-                               only, _check_workers(run))
+                               only, _workers(run))
         run.timed("check", t0)
         run.note(f"certificate: {report.leaves} leaves, checked in {report.time:.3f}s: "
                  f"{'ok' if report.ok else f'{len(report.weak)} weak leaves' if report.weak else 'REJECTED'}")
@@ -220,11 +220,12 @@ def _certified(run: Run) -> bool:
     return False
 
 
-def _check_workers(run: Run) -> int:
-    """Processes for the certificate check: every core while the run itself uses one thread on CPU."""
+def _workers(run: Run) -> int:
+    """Processes for input splitting and the certificate check: up to ``config.workers`` cores
+    while the run itself uses one torch thread on CPU (a small network), else one."""
     if run.device.type != "cpu" or torch.get_num_threads() != 1:
         return 1
-    return max(1, min(run.config.check_workers, len(os.sched_getaffinity(0))))
+    return max(1, min(run.config.workers, len(os.sched_getaffinity(0))))
 
 
 def _repair(run: Run, weak) -> bool:
@@ -426,7 +427,7 @@ def step_bab(run: Run) -> bool:
         for goal in run.open_goals():
             reg = run.spec.regions[goal.region]
             poly = reg.unsafe[goal.polytope]
-            hunt = {"falsify": [(p.A, p.b) for p in reg.unsafe]} if by_input else {}
+            hunt = {"falsify": [(p.A, p.b) for p in reg.unsafe], "workers": _workers(run)} if by_input else {}
             out = search(engine, graph, reg.lower, reg.upper, poly.A, poly.b, check, run.deadline, run.config.bab,
                          device=run.device, **hunt)
             run.note(f"{method} region {goal.region} polytope {goal.polytope}: {out.status} {out.stats}")

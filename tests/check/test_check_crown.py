@@ -123,8 +123,7 @@ def test_beta_sign_convention_inactive(beta, expected):
     graph = _beta_net()
     lo, hi = np.array([-1.0]), np.array([1.0])
     leaf = Leaf("t", lo, hi, (Split("r", 0, -1),), 0, 1.0, {}, np.array([beta]))
-    got = leaf_bounds(graph.to(dtype=torch.float64), np.array([[-1.0]]), np.array([-0.5]), [leaf]).item()
-    assert got == pytest.approx(expected)
+    assert _backward_only(graph, np.array([[-1.0]]), np.array([-0.5]), leaf) == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("beta, expected", [(0.0, -0.5), (1.0, 0.5), (3.0, -1.5)])
@@ -133,8 +132,19 @@ def test_beta_sign_convention_active(beta, expected):
     graph = _beta_net()
     lo, hi = np.array([-1.0]), np.array([1.0])
     leaf = Leaf("t", lo, hi, (Split("r", 0, +1),), 0, 1.0, {}, np.array([beta]))
-    got = leaf_bounds(graph.to(dtype=torch.float64), np.array([[1.0]]), np.array([-0.5]), [leaf]).item()
-    assert got == pytest.approx(expected)
+    assert _backward_only(graph, np.array([[1.0]]), np.array([-0.5]), leaf) == pytest.approx(expected)
+
+
+def _backward_only(graph: Graph, A, b, leaf: Leaf) -> float:
+    """The objective's backward pass alone (the row bound also takes the output's interval, which
+    on this net is exact under the split and would hide the betas)."""
+    from verifier.check.checker import domain_bounds
+    from verifier.check.crown import Pass, backward
+
+    g = graph.to(dtype=torch.float64)
+    bounds, _, (alphas, betas) = domain_bounds(g, [leaf], with_params=True)
+    rows = torch.tensor(A[leaf.row:leaf.row + 1]).reshape(1, 1, -1)
+    return float(backward(g, g.output_name, rows, Pass(bounds, alphas, betas))[0, 0]) - float(b[leaf.row])
 
 
 def test_contradicting_split_makes_domain_empty_and_only_that_one():
@@ -191,3 +201,30 @@ def test_maxpool_is_tight_on_tiny_boxes(name):
     leaves = [Leaf("t", lo, hi, (), r, 1.0) for r in range(graph.n_outputs)]
     derived = leaf_bounds(graph.to(dtype=torch.float64), A, b, leaves).numpy()
     assert np.all(derived <= y.min(0) + 1e-12) and np.all(derived >= y.min(0) - 1e-4)
+
+
+def test_a_row_takes_the_better_of_backward_pass_and_output_intervals():
+    """The row bound is max(backward pass, row applied to the output's interval), below every sample.
+
+    On ``_beta_net`` under the split z <= 0 (beta 0), the output's interval [-1, 0] gives
+    0.5 - y >= 0.5 while the backward pass gives -0.5; on random nets the two are compared as is.
+    """
+    from verifier.check.crown import Pass, backward
+
+    leaf = Leaf("t", np.array([-1.0]), np.array([1.0]), (Split("r", 0, -1),), 0, 1.0, {}, np.array([0.0]))
+    A, b = np.array([[-1.0]]), np.array([-0.5])
+    assert _backward_only(_beta_net(), A, b, leaf) == pytest.approx(-0.5)
+    assert leaf_bounds(_beta_net().to(dtype=torch.float64), A, b, [leaf]).item() == pytest.approx(0.5)
+    graph = cf.mlp(1, 3, (10, 8), 3).to(dtype=torch.float64)
+    A, b = np.array([[1.0, -1.0, 0.0]]), np.array([0.0])
+    for seed in range(5):
+        lo, hi = _box(graph, seed, 0.05)
+        box = [torch.tensor(v).reshape(1, -1) for v in (lo, hi)]
+        bounds, _ = intermediate_bounds(graph, Domains(*box, {}, {}))
+        back = float(backward(graph, graph.output_name, torch.tensor(A).reshape(1, 1, -1), Pass(bounds))[0, 0])
+        l, u = (t[0].numpy() for t in bounds[graph.output_name])
+        interval = float(np.sum(np.where(A[0] > 0, A[0] * l, A[0] * u)))
+        value = float(leaf_bounds(graph, A, b, [Leaf("t", lo, hi, (), 0, 1.0)])[0])
+        assert value == pytest.approx(max(back, interval), abs=1e-12)
+        y, _ = cf.sample_outputs(graph, lo, hi, 2000, seed)
+        assert value <= (y @ A.T).min() + 1e-9

@@ -417,6 +417,15 @@ def intermediate_bounds(graph: Graph, dom: Domains, budget: int = 1 << 24,
 
 
 def objective_lower(graph: Graph, p: Pass, rows: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
-    """Lower bound [B] of ``rows[k] . y - rhs[k]`` on leaf k (rows: [B, n_outputs], rhs: [B])."""
+    """Lower bound [B] of ``rows[k] . y - rhs[k]`` on leaf k (rows: [B, n_outputs], rhs: [B]).
+
+    The better of the backward pass and the row applied to the output's interval: on small
+    inputs the forward bounds make each output's interval tight, and a difference of two outputs
+    taken from them can beat the backward pass, whose relaxations add up along the row (ACAS Xu
+    3_3 prop 2: 2.7e-4 from the intervals where the backward pass gives -1.6e-3).
+    """
     A = rows.reshape((rows.shape[0], 1) + tuple(graph.output_shape))
-    return backward(graph, graph.output_name, A, p)[:, 0] - rhs
+    back = backward(graph, graph.output_name, A, p)[:, 0] - rhs
+    lo, hi = (t.flatten(1) for t in p.bounds[graph.output_name])
+    interval = (rows.clamp(min=0) * lo + rows.clamp(max=0) * hi).sum(1) - rhs
+    return torch.maximum(back, torch.nan_to_num(interval, nan=-math.inf))

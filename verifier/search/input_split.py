@@ -139,7 +139,7 @@ class Falsifier:
         self.validate, self.config, self.deadline = validate, config, deadline
         self.gen = torch.Generator().manual_seed(0)   # the same run gives the same answer
         self.pool_x, self.pool_m = lo[:0], lo.new_zeros(0)
-        self.spent, self.rounds = 0.0, 0
+        self.spent, self.rounds, self.t0 = 0.0, 0, time.monotonic()
 
     def worst(self, y: torch.Tensor) -> torch.Tensor:
         return torch.stack([(y @ A.T - b).max(dim=1).values for A, b in self.targets], 1).min(dim=1).values
@@ -158,8 +158,10 @@ class Falsifier:
             self.pool_x, self.pool_m = pool_x[keep], pool_m[keep]
         return cex
 
-    def due(self, searched: float) -> bool:
-        """Whether local search has had less than its share of the ``searched`` seconds."""
+    def due(self) -> bool:
+        """Whether local search has had less than its share of the time since the search began
+        (the first quarter second excepted: most searches end within it)."""
+        searched = time.monotonic() - self.t0 - 0.25
         return self.config.local_share > 0 and self.spent < self.config.local_share * searched
 
     def local_search(self):
@@ -179,68 +181,185 @@ class Falsifier:
 
 def input_split(engine, graph, lower: np.ndarray, upper: np.ndarray, A: np.ndarray, b: np.ndarray,
                 validate: Callable[[np.ndarray], object], deadline: float, config: BabConfig,
-                device=None, dtype=torch.float32, falsify=None) -> SplitOutcome:
+                device=None, dtype=torch.float32, falsify=None, workers: int = 1) -> SplitOutcome:
     """Prove ``A f(x) <= b`` unreachable over the box, or find a validated counterexample.
 
     ``falsify``: the polytopes [(A, b), ...] whose counterexamples the search looks for (default:
     this one; the portfolio passes every polytope of the region, since any of them settles it).
+    ``workers`` > 1 (CPU): a search still open after ``config.parallel_after`` seconds (with at
+    least two pending domains per worker) hands them to that many processes (this one and forked
+    ones); see ``_parallel``.
     """
-    t0 = time.monotonic()
     lo, hi = outward_box(lower, upper, dtype, device, (1, -1))
-    root_width = (hi - lo)[0]
     C, bt = torch.tensor(A, dtype=dtype, device=device).unsqueeze(0), torch.tensor(b, dtype=dtype, device=device)
     zero = torch.zeros(1, dtype=torch.long, device=device)
-    queue = Pending(lo, hi, zero, zero.clone())
-    log, next_id, visited, max_depth = SplitLog(), 1, 0, 0
     hunt = Falsifier(engine.graph, lo, hi, falsify or [(A, b)], validate, config, deadline)
-    size = min(64, config.batch)   # batch size: grows while one call stays short, so deadlines hold
-    while len(queue):
-        if time.monotonic() >= deadline:
-            return SplitOutcome("timeout", log=log, stats=_stats(visited, len(queue), max_depth, t0, hunt=hunt))
-        if len(queue) > config.max_domains:
-            return SplitOutcome("unknown", log=log, stats=_stats(visited, len(queue), max_depth, t0, "domain limit",
-                                                                 hunt))
-        if hunt.due(time.monotonic() - t0 - 0.25):
-            cex = hunt.local_search()
+    search = Search(engine, graph, (hi - lo)[0], C, bt, hunt, config, Pending(lo, hi, zero, zero.clone()), 1)
+    if workers <= 1:
+        return search.run(deadline)
+    switch = time.monotonic() + config.parallel_after
+    out = search.run(deadline, lambda: time.monotonic() >= switch and len(search.queue) >= 2 * workers)
+    if out.status != "timeout" or time.monotonic() >= deadline:
+        return out
+    return _parallel(search, deadline, workers)
+
+
+class Search:
+    """One depth-first input-split search: its pending domains, its log, and the loop that runs it."""
+
+    def __init__(self, engine, graph, root_width, C, bt, hunt: Falsifier, config: BabConfig, queue: Pending,
+                 next_id: int):
+        self.engine, self.graph, self.root_width, self.C, self.bt = engine, graph, root_width, C, bt
+        self.hunt, self.config, self.queue, self.next_id = hunt, config, queue, next_id
+        self.log, self.visited, self.max_depth = SplitLog(), 0, 0
+        self.t0 = time.monotonic()
+        self.size = min(64, config.batch)   # batch size: grows while one call stays short, so deadlines hold
+
+    def resume(self, queue: Pending, next_id: int) -> "Search":
+        """A search of ``queue``'s domains with this one's settings (batch size included), numbering
+        new domains from ``next_id``."""
+        sub = Search(self.engine, self.graph, self.root_width, self.C, self.bt, self.hunt, self.config, queue, next_id)
+        sub.size = self.size
+        return sub
+
+    def outcome(self, status: str, cex=None, note: str = "") -> SplitOutcome:
+        stats = _stats(self.visited, len(self.queue), self.max_depth, self.t0, note, self.hunt)
+        return SplitOutcome(status, cex, self.log, stats)
+
+    def run(self, deadline: float, stopped: Callable[[], bool] | None = None) -> SplitOutcome:
+        """Bound and split until every domain is proved, a counterexample is confirmed, the
+        deadline passes (timeout) or ``stopped()`` turns true (timeout too)."""
+        engine, config, queue, hunt, C = self.engine, self.config, self.queue, self.hunt, self.C
+        while len(queue):
+            if time.monotonic() >= deadline or (stopped is not None and stopped()):
+                return self.outcome("timeout")
+            if len(queue) > config.max_domains:
+                return self.outcome("unknown", note="domain limit")
+            if hunt.due():
+                cex = hunt.local_search()
+                if cex is not None:
+                    return self.outcome("violated", cex)
+                continue
+            batch = queue.pop(min(self.size, len(queue)))
+            self.visited += len(batch)
+            t_call = time.monotonic()
+            margin, inter, coeffs = _bound(engine, self.graph, batch, C.expand(len(batch), -1, -1), self.bt,
+                                           config.method, config.input_branching in ("coeff", "both"))
+            self.size = _next_size(self.size, len(batch), time.monotonic() - t_call, config.batch)
+            best, row = margin.max(dim=1)
+            proved = best > 0
+            for i in torch.nonzero(proved).flatten().tolist():
+                self.log.leaves.append((int(batch.ids[i]), int(row[i]), float(best[i])))
+            open_ = ~proved
+            if not open_.any():
+                continue
+            batch.inter = inter
+            batch = batch.select(open_)
+            centres, y, grad = centre_outputs(engine.graph, batch.lo, batch.hi, C[0][row[open_]])   # on its device
+            slopes = None   # the bound's input coefficients for the row closest to proved
+            if coeffs is not None:
+                slopes = coeffs[open_].gather(1, row[open_].view(-1, 1, 1).expand(-1, 1, coeffs.shape[2]))[:, 0]
+            points, outputs = _probe(engine.graph, batch, centres, y, grad, slopes, hunt.gen, config.samples)
+            cex = hunt.offer(points, hunt.worst(outputs))
             if cex is not None:
-                return SplitOutcome("violated", cex, log, _stats(visited, len(queue), max_depth, t0, hunt=hunt))
-            continue
-        batch = queue.pop(min(size, len(queue)))
-        visited += len(batch)
-        t_call = time.monotonic()
-        margin, inter, coeffs = _bound(engine, graph, batch, C.expand(len(batch), -1, -1), bt, config.method,
-                                       config.input_branching in ("coeff", "both"))
-        size = _next_size(size, len(batch), time.monotonic() - t_call, config.batch)
-        best, row = margin.max(dim=1)
-        proved = best > 0
-        for i in torch.nonzero(proved).flatten().tolist():
-            log.leaves.append((int(batch.ids[i]), int(row[i]), float(best[i])))
-        open_ = ~proved
-        if not open_.any():
-            continue
-        batch.inter = inter
-        batch = batch.select(open_)
-        centres, y, grad = centre_outputs(engine.graph, batch.lo, batch.hi, C[0][row[open_]])   # on its device
-        slopes = None   # the bound's input coefficients for the row closest to proved
-        if coeffs is not None:
-            slopes = coeffs[open_].gather(1, row[open_].view(-1, 1, 1).expand(-1, 1, coeffs.shape[2]))[:, 0]
-        points, outputs = _probe(engine.graph, batch, centres, y, grad, slopes, hunt.gen, config.samples)
-        worst = hunt.worst(outputs)
-        cex = hunt.offer(points, worst)
-        if cex is not None:
-            return SplitOutcome("violated", cex, log, _stats(visited, len(queue), max_depth, t0, hunt=hunt))
-        sens = [] if config.input_branching == "coeff" else [grad.abs()]
-        if slopes is not None:
-            sens.append(slopes)
-        dims = choose_dims(batch.lo, batch.hi, root_width, sens)
-        if bool(((batch.hi - batch.lo).gather(1, dims[:, None]) <= 0).any()):
-            return SplitOutcome("unknown", log=log, stats=_stats(visited, len(queue), max_depth, t0, "point box not proved",
-                                                                 hunt))
-        low, high, next_id = _halves(batch, dims, next_id, log)
-        queue.push(low)
-        queue.push(high)
-        max_depth = max(max_depth, int(batch.depth.max()) + 1)
-    return SplitOutcome("holds", log=log, stats=_stats(visited, 0, max_depth, t0, hunt=hunt))
+                return self.outcome("violated", cex)
+            sens = [] if config.input_branching == "coeff" else [grad.abs()]
+            if slopes is not None:
+                sens.append(slopes)
+            dims = choose_dims(batch.lo, batch.hi, self.root_width, sens)
+            if bool(((batch.hi - batch.lo).gather(1, dims[:, None]) <= 0).any()):
+                return self.outcome("unknown", note="point box not proved")
+            low, high, self.next_id = _halves(batch, dims, self.next_id, self.log)
+            queue.push(low)
+            queue.push(high)
+            self.max_depth = max(self.max_depth, int(batch.depth.max()) + 1)
+        return self.outcome("holds")
+
+
+CHUNKS_PER_WORKER = 4    # pending domains are dealt out in this many chunks per process, on demand
+ID_STRIDE = 1 << 40      # domain ids of chunk k start at k * ID_STRIDE past the first search's
+
+
+def _parallel(search: Search, deadline: float, workers: int) -> SplitOutcome:
+    """Continue an open search in ``workers`` processes: this one and forked ones (one torch thread
+    each; fork needs a CPU-only run).
+
+    The pending domains are cut into chunks; each process takes the next chunk from a shared
+    counter and searches it, numbering its domains in a range of its own, so the chunks' logs
+    join the first search's log into one tree. A counterexample, an unknown or a timeout in any
+    chunk stops every process.
+    """
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    queue = search.queue
+    n = min(len(queue), CHUNKS_PER_WORKER * workers)
+    cuts = np.linspace(0, len(queue), n + 1).astype(int)
+    chunks = [queue.select(slice(int(cuts[k]), int(cuts[k + 1]))) for k in range(n)]
+    counter, stop = ctx.Value("i", 0), ctx.Event()
+    pipes, procs = [], []
+    for _ in range(workers - 1):
+        recv, send = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=_chunk_worker, args=(search, chunks, counter, stop, deadline, send), daemon=True)
+        proc.start()
+        send.close()
+        pipes.append(recv)
+        procs.append(proc)
+    results = _take_chunks(search, chunks, counter, stop, deadline)
+    for recv, proc in zip(pipes, procs):
+        try:
+            got = recv.recv() if recv.poll(max(deadline - time.monotonic(), 0.0) + 1.0) else None
+        except EOFError:
+            got = None
+        results.extend(got or [])
+        proc.join(1.0)
+        if proc.is_alive():
+            proc.kill()
+    return _merge(search, results, n, workers)
+
+
+def _chunk_worker(search, chunks, counter, stop, deadline, send) -> None:
+    """A forked process's part of ``_parallel``: search chunks until none is left, send the results."""
+    torch.set_num_threads(1)   # a forked child that enters the parent's OpenMP pool hangs
+    send.send(_take_chunks(search, chunks, counter, stop, deadline))
+    send.close()
+
+
+def _take_chunks(search, chunks, counter, stop, deadline) -> list[tuple]:
+    """Search chunks taken from the shared counter: [(chunk, status, counterexample, log, stats)]."""
+    done = []
+    while not stop.is_set():
+        with counter.get_lock():
+            k = counter.value
+            counter.value += 1
+        if k >= len(chunks):
+            break
+        sub = search.resume(chunks[k], search.next_id + k * ID_STRIDE)
+        out = sub.run(deadline, stop.is_set)
+        done.append((k, out.status, out.counterexample, out.log, out.stats))
+        if out.status != "holds":
+            stop.set()
+    return done
+
+
+def _merge(search: Search, results: list[tuple], n_chunks: int, workers: int) -> SplitOutcome:
+    """One outcome from the first search and its chunks' results."""
+    log = search.log
+    stats = dict(search.outcome("timeout").stats, workers=workers, chunks=n_chunks)
+    stats["domains"] += sum(r[4]["domains"] for r in results)
+    stats["pending"] = sum(r[4]["pending"] for r in results if r[1] != "holds")
+    stats["max_depth"] = max([stats["max_depth"]] + [r[4]["max_depth"] for r in results])
+    for _, _, _, sub, _ in results:
+        log.splits.extend(sub.splits)
+        log.leaves.extend(sub.leaves)
+    by_status = {r[1]: r for r in results}
+    if "violated" in by_status:
+        return SplitOutcome("violated", by_status["violated"][2], log, stats)
+    if "unknown" in by_status:
+        return SplitOutcome("unknown", log=log, stats=dict(stats, note=by_status["unknown"][4].get("note", "")))
+    if len(results) == n_chunks and set(by_status) == {"holds"}:
+        return SplitOutcome("holds", log=log, stats=stats)
+    return SplitOutcome("timeout", log=log, stats=stats)
 
 
 def _next_size(size: int, used: int, seconds: float, cap: int, target: float = 0.05) -> int:
