@@ -204,3 +204,27 @@ def test_budget_ending_inside_bound_propagation_is_a_timeout(monkeypatch):
                  VerifyConfig(timeout=1.0))
     assert res.verdict is Verdict.TIMEOUT, (res.verdict, res.reason)
     assert any("bound propagation stopped at the deadline" in line for line in res.log)
+
+
+def test_worker_processes_only_for_single_threaded_cpu_runs_outside_daemons(monkeypatch):
+    """Two processes on a 2-core CPU run with one torch thread; one on GPU, with more threads,
+    or inside a daemonic process (a pool worker may not start children)."""
+    import multiprocessing
+    import os
+    import types
+
+    import torch
+
+    from verifier.portfolio import _workers, cpu_threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    run = types.SimpleNamespace(device=torch.device("cpu"), config=VerifyConfig(workers=2))
+    with cpu_threads(1):
+        assert _workers(run) == 2
+        assert _workers(types.SimpleNamespace(device=torch.device("cuda"), config=run.config)) == 1
+        monkeypatch.setattr(multiprocessing.current_process(), "_config", {"daemon": True})
+        assert _workers(run) == 1
+    with cpu_threads(2):
+        monkeypatch.undo()
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+        assert _workers(run) == 1

@@ -222,8 +222,11 @@ def _certified(run: Run) -> bool:
 
 def _workers(run: Run) -> int:
     """Processes for input splitting and the certificate check: up to ``config.workers`` cores
-    while the run itself uses one torch thread on CPU (a small network), else one."""
-    if run.device.type != "cpu" or torch.get_num_threads() != 1:
+    while the run itself uses one torch thread on CPU (a small network), else one (also inside a
+    daemonic process, e.g. a pool worker, which may not start children)."""
+    import multiprocessing
+
+    if run.device.type != "cpu" or torch.get_num_threads() != 1 or multiprocessing.current_process().daemon:
         return 1
     return max(1, min(run.config.workers, len(os.sched_getaffinity(0))))
 

@@ -10,7 +10,7 @@ import torch
 
 from verifier.bounds import BoundEngine
 from verifier.config import BabConfig
-from verifier.search.input_split import Falsifier, input_split
+from verifier.search.input_split import CounterexampleHunt, input_split
 from verifier.search.local import evolve
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "exact"))
@@ -94,7 +94,7 @@ def test_local_search_finds_a_small_violating_set():
     graph, lower, upper, dmin, _ = _net_and_extremes()
     poly = (np.array([[1.0, -1.0]]), np.array([dmin + 0.002]))
     lo, hi = torch.tensor(lower, dtype=torch.float32)[None], torch.tensor(upper, dtype=torch.float32)[None]
-    hunt = Falsifier(graph, lo, hi, [poly], _validator(graph, [poly]), BabConfig(local_steps=60),
+    hunt = CounterexampleHunt(graph, lo, hi, [poly], _validator(graph, [poly]), BabConfig(local_steps=60),
                      time.monotonic() + 30)
     for _ in range(5):
         cex = hunt.local_search()
@@ -109,10 +109,10 @@ def test_probed_points_are_kept_lowest_first():
     graph, lower, upper, _, dmax = _net_and_extremes()
     poly = (np.array([[1.0, -1.0]]), np.array([dmax + 5.0]))   # everything violates: offer validates
     lo, hi = torch.tensor(lower, dtype=torch.float32)[None], torch.tensor(upper, dtype=torch.float32)[None]
-    never = Falsifier(graph, lo, hi, [poly], lambda x: None, BabConfig(), time.monotonic() + 30)
+    never = CounterexampleHunt(graph, lo, hi, [poly], lambda x: None, BabConfig(), time.monotonic() + 30)
     x = torch.rand((200, 4)) * 2 - 1
     assert never.offer(x, never.margin(x)) is None
-    assert len(never.pool_x) == Falsifier.KEEP
-    assert torch.equal(never.pool_m, torch.sort(never.margin(x)).values[:Falsifier.KEEP])
-    always = Falsifier(graph, lo, hi, [poly], lambda x: x, BabConfig(), time.monotonic() + 30)
+    assert len(never.pool_x) == CounterexampleHunt.KEEP
+    assert torch.equal(never.pool_m, torch.sort(never.margin(x)).values[:CounterexampleHunt.KEEP])
+    always = CounterexampleHunt(graph, lo, hi, [poly], lambda x: x, BabConfig(), time.monotonic() + 30)
     assert always.offer(x, always.margin(x)) is not None

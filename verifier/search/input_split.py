@@ -122,7 +122,7 @@ class Pending:
         self.ids, self.depth = torch.cat([self.ids, part.ids]), torch.cat([self.depth, part.depth])
 
 
-class Falsifier:
+class CounterexampleHunt:
     """Where the search looks for counterexamples: probes of the open boxes, then local search.
 
     ``worst(y)``: the smallest margin over the target polytopes (<= 0: f(x) = y is unsafe).
@@ -193,7 +193,7 @@ def input_split(engine, graph, lower: np.ndarray, upper: np.ndarray, A: np.ndarr
     lo, hi = outward_box(lower, upper, dtype, device, (1, -1))
     C, bt = torch.tensor(A, dtype=dtype, device=device).unsqueeze(0), torch.tensor(b, dtype=dtype, device=device)
     zero = torch.zeros(1, dtype=torch.long, device=device)
-    hunt = Falsifier(engine.graph, lo, hi, falsify or [(A, b)], validate, config, deadline)
+    hunt = CounterexampleHunt(engine.graph, lo, hi, falsify or [(A, b)], validate, config, deadline)
     search = Search(engine, graph, (hi - lo)[0], C, bt, hunt, config, Pending(lo, hi, zero, zero.clone()), 1)
     if workers <= 1:
         return search.run(deadline)
@@ -207,7 +207,7 @@ def input_split(engine, graph, lower: np.ndarray, upper: np.ndarray, A: np.ndarr
 class Search:
     """One depth-first input-split search: its pending domains, its log, and the loop that runs it."""
 
-    def __init__(self, engine, graph, root_width, C, bt, hunt: Falsifier, config: BabConfig, queue: Pending,
+    def __init__(self, engine, graph, root_width, C, bt, hunt: CounterexampleHunt, config: BabConfig, queue: Pending,
                  next_id: int):
         self.engine, self.graph, self.root_width, self.C, self.bt = engine, graph, root_width, C, bt
         self.hunt, self.config, self.queue, self.next_id = hunt, config, queue, next_id
@@ -300,7 +300,8 @@ def _parallel(search: Search, deadline: float, workers: int) -> SplitOutcome:
     pipes, procs = [], []
     for _ in range(workers - 1):
         recv, send = ctx.Pipe(duplex=False)
-        proc = ctx.Process(target=_chunk_worker, args=(search, chunks, counter, stop, deadline, send), daemon=True)
+        proc = ctx.Process(target=_chunk_worker, args=(search, chunks, counter, stop, deadline, send, len(procs) + 1),
+                           daemon=True)
         proc.start()
         send.close()
         pipes.append(recv)
@@ -318,9 +319,10 @@ def _parallel(search: Search, deadline: float, workers: int) -> SplitOutcome:
     return _merge(search, results, n, workers)
 
 
-def _chunk_worker(search, chunks, counter, stop, deadline, send) -> None:
+def _chunk_worker(search, chunks, counter, stop, deadline, send, index: int) -> None:
     """A forked process's part of ``_parallel``: search chunks until none is left, send the results."""
     torch.set_num_threads(1)   # a forked child that enters the parent's OpenMP pool hangs
+    search.hunt.gen.manual_seed(index)   # its own random probes, not a copy of the parent's
     send.send(_take_chunks(search, chunks, counter, stop, deadline))
     send.close()
 
