@@ -226,9 +226,11 @@ def _workers(run: Run) -> int:
     daemonic process, e.g. a pool worker, which may not start children)."""
     import multiprocessing
 
-    if run.device.type != "cpu" or torch.get_num_threads() != 1 or multiprocessing.current_process().daemon:
+    if (run.device.type != "cpu" or torch.get_num_threads() != 1 or multiprocessing.current_process().daemon
+            or "fork" not in multiprocessing.get_all_start_methods()):
         return 1
-    return max(1, min(run.config.workers, len(os.sched_getaffinity(0))))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(run.config.workers, cores))
 
 
 def _repair(run: Run, weak) -> bool:
