@@ -54,3 +54,25 @@ def test_workers_stop_at_the_deadline():
     out = input_split(BoundEngine(graph), graph, lower, upper, *poly, lambda x: None, t0 + 1.5, NOW, workers=2)
     assert out.status == "timeout"
     assert time.monotonic() - t0 < 4.0
+
+
+def test_no_worker_outlives_an_engine_deadline():
+    """The engine itself stops at its deadline (``DeadlineReached``): the search ends in a timeout
+    or that exception, and no forked worker is left running."""
+    import multiprocessing
+
+    from verifier.bounds import DeadlineReached
+
+    graph, lower, upper, dmin, _ = _net_and_extremes()
+    poly = (np.array([[1.0, -1.0]]), np.array([dmin - 1e-4]))
+    engine = BoundEngine(graph)
+    t0 = time.monotonic()
+    engine.deadline = t0 + 1.0
+    try:
+        out = input_split(engine, graph, lower, upper, *poly, lambda x: None, t0 + 30, NOW, workers=2)
+        assert out.status == "timeout"
+    except DeadlineReached:
+        pass
+    time.sleep(0.2)
+    assert not [p for p in multiprocessing.active_children() if p.is_alive()]
+    assert time.monotonic() - t0 < 5.0

@@ -15,6 +15,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from verifier.bounds import DeadlineReached
 from verifier.bounds.box import outward_box
 from verifier.config import BabConfig
 from verifier.search.local import evolve
@@ -306,7 +307,13 @@ def _parallel(search: Search, deadline: float, workers: int) -> SplitOutcome:
         send.close()
         pipes.append(recv)
         procs.append(proc)
-    results = _take_chunks(search, chunks, counter, stop, deadline)
+    try:
+        results = _take_chunks(search, chunks, counter, stop, deadline)
+    except BaseException:   # e.g. the engine's DeadlineReached: no worker outlives this call
+        stop.set()
+        for proc in procs:
+            proc.kill()
+        raise
     for recv, proc in zip(pipes, procs):
         try:
             got = recv.recv() if recv.poll(max(deadline - time.monotonic(), 0.0) + 1.0) else None
@@ -337,7 +344,10 @@ def _take_chunks(search, chunks, counter, stop, deadline) -> list[tuple]:
         if k >= len(chunks):
             break
         sub = search.resume(chunks[k], search.next_id + k * ID_STRIDE)
-        out = sub.run(deadline, stop.is_set)
+        try:
+            out = sub.run(deadline, stop.is_set)
+        except DeadlineReached:   # the engine stopped inside a batch
+            out = sub.outcome("timeout")
         done.append((k, out.status, out.counterexample, out.log, out.stats))
         if out.status != "holds":
             stop.set()
