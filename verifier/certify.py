@@ -108,46 +108,17 @@ def _check_forked(check_part, parts: list[set[str]], deadline: float | None):
 
     A worker that dies or does not answer by the deadline (plus a grace second) fails the check.
     """
-    import multiprocessing
     import time
 
     from verifier.check.checker import CheckReport
+    from verifier.forked import run_beside
 
     t0 = time.monotonic()
-    ctx = multiprocessing.get_context("fork")
-    pipes, procs = [], []
-    for paths in parts[1:]:
-        recv, send = ctx.Pipe(duplex=False)
-        proc = ctx.Process(target=_report_to, args=(send, check_part, paths), daemon=True)
-        proc.start()
-        send.close()
-        pipes.append(recv)
-        procs.append(proc)
-    reports = [check_part(parts[0])]
-    for recv, proc in zip(pipes, procs):
-        wait = None if deadline is None else max(deadline - time.monotonic(), 0.0) + 1.0
-        try:
-            reports.append(recv.recv() if recv.poll(wait) else None)
-        except EOFError:
-            reports.append(None)
-        proc.join(1.0)
-        if proc.is_alive():
-            proc.kill()
+    own, theirs = run_beside(lambda: check_part(parts[0]), [lambda p=p: check_part(p) for p in parts[1:]], deadline)
+    reports = [own] + theirs
     reasons = [r for rep in reports if rep is not None for r in rep.reasons]
     reasons += ["a checker worker process failed or did not answer in time"] * sum(rep is None for rep in reports)
     done = [rep for rep in reports if rep is not None]
     return CheckReport(not reasons, reasons, reports[0].leaves, time.monotonic() - t0,
                        [n for rep in done for n in rep.notes], [w for rep in done for w in rep.weak],
                        sum(rep.failures for rep in done) + len(reports) - len(done))
-
-
-def _report_to(send, check_part, paths) -> None:
-    """Worker body: check one part and send the report back.
-
-    One torch thread: a forked child that enters the parent's OpenMP pool hangs.
-    """
-    import torch
-
-    torch.set_num_threads(1)
-    send.send(check_part(paths))
-    send.close()

@@ -432,9 +432,9 @@ def step_bab(run: Run) -> bool:
         for goal in run.open_goals():
             reg = run.spec.regions[goal.region]
             poly = reg.unsafe[goal.polytope]
-            hunt = {"falsify": [(p.A, p.b) for p in reg.unsafe], "workers": _workers(run)} if by_input else {}
+            extra = {"falsify": [(p.A, p.b) for p in reg.unsafe], "workers": _workers(run)} if by_input else {}
             out = search(engine, graph, reg.lower, reg.upper, poly.A, poly.b, check, run.deadline, run.config.bab,
-                         device=run.device, **hunt)
+                         device=run.device, **extra)
             run.note(f"{method} region {goal.region} polytope {goal.polytope}: {out.status} {out.stats}")
             if out.status == "violated":
                 return _violated(run, out.counterexample, method)

@@ -260,8 +260,7 @@ class Search:
             slopes = None   # the bound's input coefficients for the row closest to proved
             if coeffs is not None:
                 slopes = coeffs[open_].gather(1, row[open_].view(-1, 1, 1).expand(-1, 1, coeffs.shape[2]))[:, 0]
-            points, outputs = _probe(engine.graph, batch, centres, y, grad, slopes, hunt.gen, config.samples)
-            cex = hunt.offer(points, hunt.worst(outputs))
+            cex = hunt.offer(*_probe(hunt, batch, centres, y, grad, slopes, config.samples))
             if cex is not None:
                 return self.outcome("violated", cex)
             sens = [] if config.input_branching == "coeff" else [grad.abs()]
@@ -292,46 +291,23 @@ def _parallel(search: Search, deadline: float, workers: int) -> SplitOutcome:
     """
     import multiprocessing
 
+    from verifier.forked import run_beside
+
     ctx = multiprocessing.get_context("fork")
     queue = search.queue
     n = min(len(queue), CHUNKS_PER_WORKER * workers)
     cuts = np.linspace(0, len(queue), n + 1).astype(int)
     chunks = [queue.select(slice(int(cuts[k]), int(cuts[k + 1]))) for k in range(n)]
     counter, stop = ctx.Value("i", 0), ctx.Event()
-    pipes, procs = [], []
-    for _ in range(workers - 1):
-        recv, send = ctx.Pipe(duplex=False)
-        proc = ctx.Process(target=_chunk_worker, args=(search, chunks, counter, stop, deadline, send, len(procs) + 1),
-                           daemon=True)
-        proc.start()
-        send.close()
-        pipes.append(recv)
-        procs.append(proc)
-    try:
-        results = _take_chunks(search, chunks, counter, stop, deadline)
-    except BaseException:   # e.g. the engine's DeadlineReached: no worker outlives this call
-        stop.set()
-        for proc in procs:
-            proc.kill()
-        raise
-    for recv, proc in zip(pipes, procs):
-        try:
-            got = recv.recv() if recv.poll(max(deadline - time.monotonic(), 0.0) + 1.0) else None
-        except EOFError:
-            got = None
-        results.extend(got or [])
-        proc.join(1.0)
-        if proc.is_alive():
-            proc.kill()
+
+    def take(index: int) -> list[tuple]:
+        if index:   # a forked worker draws its own random probes, not a copy of this process's
+            search.hunt.gen.manual_seed(index)
+        return _take_chunks(search, chunks, counter, stop, deadline)
+
+    mine, theirs = run_beside(lambda: take(0), [lambda k=k: take(k) for k in range(1, workers)], deadline)
+    results = mine + [r for got in theirs for r in got or []]
     return _merge(search, results, n, workers)
-
-
-def _chunk_worker(search, chunks, counter, stop, deadline, send, index: int) -> None:
-    """A forked process's part of ``_parallel``: search chunks until none is left, send the results."""
-    torch.set_num_threads(1)   # a forked child that enters the parent's OpenMP pool hangs
-    search.hunt.gen.manual_seed(index)   # its own random probes, not a copy of the parent's
-    send.send(_take_chunks(search, chunks, counter, stop, deadline))
-    send.close()
 
 
 def _take_chunks(search, chunks, counter, stop, deadline) -> list[tuple]:
@@ -418,29 +394,27 @@ def centre_outputs(graph, lo: torch.Tensor, hi: torch.Tensor, rows: torch.Tensor
     return x.detach(), y.detach(), x.grad
 
 
-def _probe(graph, batch: Pending, centres, y, grad: torch.Tensor, slopes: torch.Tensor | None,
-           gen: torch.Generator, samples: int):
-    """Candidate counterexamples in the open boxes: (points [K, n], f(points) [K, m]).
+def _probe(hunt: CounterexampleHunt, batch: Pending, centres, y, grad: torch.Tensor, slopes: torch.Tensor | None,
+           samples: int):
+    """Candidate counterexamples in the open boxes: (points [K, n], their ``hunt.worst`` margins [K]).
 
-    Per box, its centre (already evaluated), the vertex the centre's gradient descends to and,
-    when the bound's input coefficients are known, the vertex minimising the bound's linear lower
-    bound (in a box where every neuron is stable that bound is exact, so this vertex is where the
-    row is smallest); then ``samples`` uniform points spread over the boxes. Violating regions can
-    be tiny (1 input in a million on ACAS Xu 1_9 prop 7), and the open boxes are where the search
-    has not ruled them out.
+    Per box, its centre (already evaluated: outputs ``y``), the vertex the centre's gradient
+    descends to and, when the bound's input coefficients are known, the vertex minimising the
+    bound's linear lower bound (in a box where every neuron is stable that bound is exact, so this
+    vertex is where the row is smallest); then ``samples`` uniform points spread over the boxes.
+    Violating regions can be tiny (1 input in a million on ACAS Xu 1_9 prop 7), and the open boxes
+    are where the search has not ruled them out.
     """
     lo, hi = batch.lo, batch.hi
-    points = [centres, torch.where(grad > 0, lo, hi)]
+    points = [torch.where(grad > 0, lo, hi)]
     if slopes is not None:
         points.append(torch.where(slopes > 0, lo, hi))
     if samples > 0:
-        pick = torch.randint(len(batch), (samples,), generator=gen).to(lo.device)
-        u = torch.rand((samples, lo.shape[1]), generator=gen, dtype=lo.dtype).to(lo.device)
+        pick = torch.randint(len(batch), (samples,), generator=hunt.gen).to(lo.device)
+        u = torch.rand((samples, lo.shape[1]), generator=hunt.gen, dtype=lo.dtype).to(lo.device)
         points.append(lo[pick] + u * (hi[pick] - lo[pick]))
-    x = torch.cat(points[1:])
-    with torch.no_grad():
-        fx = graph.forward(x.reshape((x.shape[0],) + tuple(graph.input_shape))).reshape(x.shape[0], -1)
-    return torch.cat([centres, x]), torch.cat([y, fx])
+    x = torch.cat(points)
+    return torch.cat([centres, x]), torch.cat([hunt.worst(y), hunt.margin(x)])
 
 
 def _try_points(x, worst, validate):
