@@ -1,21 +1,27 @@
-# nnverify: `make demo` runs a real verification, `make test` runs the test suite.
+# nnverify: `make demo` runs a real verification, `make test` runs the test suite,
+# `make serve` runs the service (API + two CPU workers) in the foreground.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: demo test install install-dev redis bench clean
+.PHONY: demo test install install-dev install-service redis tools serve bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -c constraints.txt -e .
 	touch $@
 
-$(VENV)/.installed-dev: $(VENV)/.installed
+$(VENV)/.installed-service: $(VENV)/.installed
+	$(PIP) install -q -c constraints.txt -e '.[service]'
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed-service
 	$(PIP) install -q -c constraints.txt -e '.[dev]'
 	touch $@
 
 install: $(VENV)/.installed
+install-service: $(VENV)/.installed-service
 install-dev: $(VENV)/.installed-dev
 
 demo: install
@@ -24,8 +30,18 @@ demo: install
 redis:
 	@bash .ci/ensure-redis
 
-test: install-dev redis
+# headless Chromium (web page test) and docker-compose v1 (compose file check), from Debian
+tools:
+	@bash .ci/ensure-tools
+
+test: install-dev redis tools
 	$(PY) -m pytest
+
+# API on 127.0.0.1:8000 with one worker of two processes; jobs in SQLite and blobs under
+# $${NNVERIFY_DATA:-.nnverify}. Ctrl-C stops everything. Make a token with
+# `.venv/bin/nnverify token create NAME`.
+serve: install-service redis
+	$(VENV)/bin/nnverify serve --host 127.0.0.1 --port 8000 --workers 2
 
 clean:
 	rm -rf $(VENV) .pytest_cache

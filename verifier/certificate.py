@@ -5,6 +5,10 @@ splits and ReLU splits) whose leaves each claim a positive lower bound on one ro
 polytope. The independent checker (``verifier.check``) re-derives every leaf bound in float64 and
 checks that the tree covers the region. The format is documented in ``docs/certificate.md``.
 
+A proof may also carry ``"splits": [{"node": relu_node, "index": k, "sign": -1 | 1}, ...]``: split
+constraints its root domain already has (a property restricted to an activation pattern). The
+checker accepts them only when the property says the same (``check(..., fixed=...)``).
+
 TREE = {"split": {"kind": "input", "dim": d, "at": v}, "children": [low, high]}
      | {"split": {"kind": "relu", "node": name, "index": k}, "children": [inactive, active]}
      | {"leaf": {"box": [lower_key, upper_key] | None, "row": i, "bound": b,
@@ -94,9 +98,12 @@ class CertificateBuilder:
         self.arrays: dict[str, dict] = {}
         self._by_content: dict[tuple, str] = {}
 
-    def add_proof(self, region: int, polytope: int, tree: dict) -> None:
-        """Record the proof tree of one (region, polytope) goal."""
-        self.proofs.append({"region": int(region), "polytope": int(polytope), "tree": tree})
+    def add_proof(self, region: int, polytope: int, tree: dict, splits: list[tuple[str, int, int]] | None = None) -> None:
+        """Record the proof tree of one (region, polytope) goal; ``splits``: its root's fixed (node, index, sign)."""
+        proof = {"region": int(region), "polytope": int(polytope), "tree": tree}
+        if splits:
+            proof["splits"] = [{"node": str(n), "index": int(k), "sign": int(s)} for n, k, s in splits]
+        self.proofs.append(proof)
 
     def add_array(self, array: np.ndarray, dtype: str = "float32") -> str:
         """Store an array (identical arrays are stored once) and return its key."""

@@ -38,11 +38,16 @@ def _store(tree: dict, builder: CertificateBuilder) -> dict:
     return out
 
 
-def to_certificate(model_sha256: str, spec_sha256: str, proofs: list[tuple[int, int, dict]]) -> dict:
-    """The certificate JSON for proofs given as (region, polytope, tree)."""
+def to_certificate(model_sha256: str, spec_sha256: str, proofs: list[tuple[int, int, dict]],
+                   fixed: list[tuple[str, int, int]] | None = None) -> dict:
+    """The certificate JSON for proofs given as (region, polytope, tree).
+
+    ``fixed``: split constraints (relu node, flat index, sign) every proof's root domain carries
+    (written as each proof's root ``splits``; see ``verifier.certificate``).
+    """
     builder = CertificateBuilder(model_sha256, spec_sha256)
     for region, polytope, tree in proofs:
-        builder.add_proof(region, polytope, _store(tree, builder))
+        builder.add_proof(region, polytope, _store(tree, builder), fixed)
     return builder.to_json()
 
 

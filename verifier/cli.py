@@ -251,9 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``nnverify`` script."""
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, extend=None) -> int:
+    """Entry point of the ``nnverify`` script; ``extend(subparsers)`` may add commands (the service's)."""
+    parser = build_parser()
+    if extend is not None:
+        extend(next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)))
+    args = parser.parse_args(argv)
     # Budgets count from process start for the console script (start-up is part of the time).
     args.started = _STARTED if argv is None else time.monotonic()
     try:

@@ -9,15 +9,18 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
+from verifier import clock
 from verifier.bounds.box import outward_box
 from verifier.bounds.nonlinear import ZeroInIntervalError
 from verifier.certify import bound_leaf
@@ -27,6 +30,8 @@ from verifier.spec.spec import Spec
 
 
 log = logging.getLogger("nnverify")
+
+SEARCH_EVERY = 0.5   # seconds between two ``search`` progress events of one branch-and-bound search
 
 
 class InputError(ValueError):
@@ -62,14 +67,39 @@ class Run:
     intermediate: dict = field(default_factory=dict)  # region -> node bounds from the last bound pass
     unstable: int | None = None   # unstable ReLU count under the (first) region box, from CROWN
     started: float = field(default_factory=time.monotonic)
+    progress: Callable[[dict], object] | None = None   # the caller's progress callback (see ``verify``)
 
     def left(self) -> float:
-        """Seconds left in the budget."""
-        return self.deadline - time.monotonic()
+        """Seconds left in the budget (``-inf`` once the run is cancelled)."""
+        return clock.left(self.deadline)
+
+    def elapsed(self) -> float:
+        """Seconds since the run started (after loading)."""
+        return time.monotonic() - self.started
 
     def note(self, message: str) -> None:
-        """Append a timestamped line to the method log."""
-        self.result.log.append(f"{time.monotonic() - self.started:7.3f}s {message}")
+        """Append a timestamped line to the method log and report it as a ``step`` event."""
+        elapsed = self.elapsed()
+        self.result.log.append(f"{elapsed:7.3f}s {message}")
+        if self.progress is not None:
+            self.emit({"event": "step", "elapsed": round(elapsed, 3), "message": message,
+                       "proved": len(self.goals) - len(self.open_goals()), "goals": len(self.goals),
+                       "best_bound": self.best_bound()})
+
+    def emit(self, event: dict) -> None:
+        """Hand ``event`` to the progress callback; a callback that raises is logged and dropped."""
+        if self.progress is None:
+            return
+        try:
+            self.progress(event)
+        except Exception:
+            log.warning("progress callback raised; no more progress events from this run", exc_info=True)
+            self.progress = None
+
+    def best_bound(self) -> float | None:
+        """The smallest best lower bound over the open goals (None: no open goal, or one not bounded yet)."""
+        low = min((g.best_lower for g in self.open_goals()), default=math.nan)
+        return float(low) if math.isfinite(low) else None
 
     def timed(self, name: str, t0: float) -> None:
         """Accumulate the time since ``t0`` under ``name``."""
@@ -109,9 +139,26 @@ def load_inputs(model, spec):
     return model, spec, spec_sha256
 
 
-def verify(model, spec, config: VerifyConfig | None = None) -> Result:
-    """Decide whether ``spec`` holds for ``model`` (ONNX path or loaded ``Model``)."""
-    config = config or VerifyConfig()
+def verify(model, spec, config: VerifyConfig | None = None, *, cancel: clock.CancelEvent | None = None,
+           progress: Callable[[dict], object] | None = None) -> Result:
+    """Decide whether ``spec`` holds for ``model`` (ONNX path or loaded ``Model``).
+
+    ``cancel``: an event (anything with ``is_set()``, e.g. ``threading.Event``). Once it is set,
+    every deadline check of the run fires at its next look (``verifier.clock``): the run stops
+    within about a second and, unless it had already settled the verdict with full evidence,
+    reports ``unknown`` with a reason starting ``cancelled``. One process runs one ``verify`` at a time.
+
+    ``progress``: called with one JSON-serialisable dict per event: ``{"event": "step", "elapsed",
+    "message", "proved", "goals", "best_bound"}`` for every method-log line, and ``{"event":
+    "search", "elapsed", "domains", "pending", "method"}`` from branch and bound (at most every
+    ``SEARCH_EVERY`` seconds per search). A callback that raises is logged and not called again.
+    """
+    with clock.cancel_scope(cancel):
+        return _verify(model, spec, config or VerifyConfig(), progress)
+
+
+def _verify(model, spec, config: VerifyConfig, progress) -> Result:
+    """``verify``'s body, inside the run's cancel scope."""
     t0 = time.monotonic()
     result = Result(Verdict.UNKNOWN)
     try:
@@ -121,7 +168,8 @@ def verify(model, spec, config: VerifyConfig | None = None) -> Result:
         result.timings["total"] = time.monotonic() - t0
         return result
     result.timings["load"] = time.monotonic() - t0
-    run = Run(model, spec, spec_sha256, config, t0 + config.timeout, pick_device(config.bounds.device), result)
+    run = Run(model, spec, spec_sha256, config, t0 + config.timeout, pick_device(config.bounds.device), result,
+              progress=progress)
     run.goals = [Goal(r, p) for r, reg in enumerate(spec.regions) for p in range(len(reg.unsafe))]
     try:
         with cpu_threads(_threads(run)):
@@ -286,6 +334,10 @@ def _finish(run: Run) -> None:
         res.verdict = Verdict.HOLDS
         res.method = res.method or ", ".join(sorted({g.method for g in run.goals}))
         res.reason = res.reason or "every unsafe region refuted by a sound bound"
+    elif clock.cancelled():
+        res.verdict = Verdict.UNKNOWN
+        res.reason = (f"cancelled after {run.elapsed():.1f} s; {len(run.open_goals())} of {len(run.goals)} "
+                      "goals open")
     elif run.left() <= 0:
         res.verdict = Verdict.TIMEOUT
         res.reason = f"budget of {run.config.timeout:g} s spent; {len(run.open_goals())} of {len(run.goals)} goals open"
@@ -434,7 +486,7 @@ def step_bab(run: Run) -> bool:
             poly = reg.unsafe[goal.polytope]
             extra = {"falsify": [(p.A, p.b) for p in reg.unsafe], "workers": _workers(run)} if by_input else {}
             out = search(engine, graph, reg.lower, reg.upper, poly.A, poly.b, check, run.deadline, run.config.bab,
-                         device=run.device, **extra)
+                         device=run.device, progress=_search_progress(run, method), **extra)
             run.note(f"{method} region {goal.region} polytope {goal.polytope}: {out.status} {out.stats}")
             if out.status == "violated":
                 return _violated(run, out.counterexample, method)
@@ -445,6 +497,21 @@ def step_bab(run: Run) -> bool:
     finally:
         run.timed("bab", t0)
     return not run.open_goals()
+
+
+def _search_progress(run: Run, method: str):
+    """The counts hook for one branch-and-bound search: ``search`` events, one per ``SEARCH_EVERY`` s."""
+    if run.progress is None:
+        return None
+    last = [-math.inf]
+
+    def report(counts: dict) -> None:
+        now = time.monotonic()
+        if now - last[0] >= SEARCH_EVERY:
+            last[0] = now
+            run.emit({"event": "search", "elapsed": round(now - run.started, 3), "domains": int(counts["domains"]),
+                      "pending": int(counts["pending"]), "method": method})
+    return report
 
 
 def _engine(run: Run):

@@ -16,11 +16,11 @@ neuron and row, one beta per neuron and row (used only where the neuron is split
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import torch
 
+from verifier import clock
 from verifier.bounds.base import ElementwiseOp, RelaxState
 from verifier.bounds.crown import backward_to_input, concretize_lower
 from verifier.bounds.registry import OPS
@@ -170,7 +170,7 @@ def optimise_beta(engine, bounds, A_spec, splits, alphas, betas, cfg: BetaConfig
         done = best_low.max(1).values > 0
         if empty is not None:
             done |= empty
-        late = deadline is not None and time.monotonic() >= deadline
+        late = deadline is not None and clock.now() >= deadline
         if (cfg.early_stop and bool(done.all())) or late or it == n_eval - 1 or not low.requires_grad:
             break
         opt.zero_grad()

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 from dataclasses import dataclass
 
 import torch
 
+from verifier import clock
 from verifier.bounds.alpha import AlphaSet, initial_alphas, optimise_alphas
 from verifier.bounds.base import Bounds, ElementwiseOp, RelaxState
 from verifier.bounds.crown import ancestors, backward_to_input, concretize_lower, one_hot_rows
@@ -66,7 +66,8 @@ class BoundEngine:
         self.dtype = dtype
         self.device = torch.device(device) if device is not None else _param_device(graph)
         full_precision_on(self.device)
-        # a time.monotonic() value: propagation raises DeadlineReached once it has passed
+        # a time.monotonic() value: propagation raises DeadlineReached once it has passed (or the run
+        # is cancelled: see verifier.clock)
         self.deadline: float | None = None
         self.graph = graph.to(device=self.device, dtype=dtype)
         self.nodes = self.graph.node_map
@@ -122,7 +123,7 @@ class BoundEngine:
 
     def check_time(self) -> None:
         """Raise ``DeadlineReached`` once ``self.deadline`` has passed."""
-        if self.deadline is not None and time.monotonic() > self.deadline:
+        if self.deadline is not None and clock.now() > self.deadline:
             raise DeadlineReached("bound propagation stopped at the deadline")
 
     # ------------------------------------------------------------------ propagation

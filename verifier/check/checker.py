@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from verifier import clock
 from verifier.certificate import FORMAT, VERSION, CertificateError, load_certificate, sha256_file
 from verifier.check.crown import SUPPORTED, Domains, Pass, intermediate_bounds, objective_lower
-from verifier.check.tree import ArrayStore, Leaf, parent_path, walk
+from verifier.check.tree import ArrayStore, Leaf, Split, parent_path, root_splits, walk
 from verifier.model.graph import Graph
 from verifier.spec.spec import Spec
 
@@ -44,8 +45,13 @@ class CheckReport:
 
 def check(graph: Graph, spec: Spec, cert: dict, model_sha256: str | None = None, spec_sha256: str | None = None,
           strict: bool = False, device: str | torch.device = "cpu", deadline: float | None = None,
-          only: set[str] | None = None) -> CheckReport:
+          only: set[str] | None = None, fixed: list[tuple[str, int, int]] | None = None) -> CheckReport:
     """Check certificate ``cert`` (a loaded JSON dict) for ``graph`` and ``spec``.
+
+    ``fixed``: the split constraints (relu node, flat index, sign) the property itself restricts
+    every region to (e.g. an activation pattern). Each proof must then carry exactly these as its
+    root ``splits``; without ``fixed``, a proof that carries root splits is rejected (it would
+    prove a weaker property than the spec's).
 
     ``only`` (in-process re-checks): re-derive just the leaves under these tree paths (e.g. the
     subtrees that replaced leaves an earlier check found weak); the structure is always checked
@@ -63,17 +69,18 @@ def check(graph: Graph, spec: Spec, cert: dict, model_sha256: str | None = None,
         arrays = ArrayStore(cert.get("arrays", {}))
         g = graph.to(device=torch.device(device), dtype=torch.float64)
         roots: dict[int, dict] = {}   # bounds on each region box, shared by that region's proofs
-        for ri, pi, tree in _proofs(cert, spec):
+        for ri, pi, tree, entry in _proofs(cert, spec):
             region, poly = spec.regions[ri], spec.regions[ri].unsafe[pi]
             where = f"proof (region {ri}, polytope {pi})"
+            splits = _root_splits(entry, fixed, graph, where)
             inner: dict[str, tuple] = {}
             leaves = walk(tree, region.lower.copy(), region.upper.copy(), poly.A.shape[0], graph, arrays, where,
-                          inner)
+                          inner, splits)
             n_leaves += len(leaves)
             if only is not None:
                 leaves = [lf for lf in leaves if _under(lf.where, only)]
             if ri not in roots:
-                roots[ri] = root_bounds(g, region.lower, region.upper)
+                roots[ri] = root_bounds(g, region.lower, region.upper, splits)
             failed = _check_leaves(g, poly.A, poly.b, leaves, strict, reasons, notes, deadline,
                                    Ancestry(where, inner, roots[ri]))
             weak.extend((ri, pi, leaf) for leaf in failed)
@@ -141,16 +148,29 @@ def _check_support(graph: Graph, spec: Spec) -> None:
                                f"{spec.n_inputs} / {spec.n_outputs}")
 
 
+def _root_splits(entry, fixed, graph: Graph, where: str) -> tuple[Split, ...]:
+    """A proof's root splits, which must be exactly the property's ``fixed`` ones (none without them)."""
+    splits = () if entry is None else root_splits(entry, graph, where)
+    want = {Split(str(n), int(k), int(s)) for n, k, s in (fixed or ())}
+    if set(splits) != want:
+        missing = sorted((s.node, s.index, s.sign) for s in want - set(splits))
+        extra = sorted((s.node, s.index, s.sign) for s in set(splits) - want)
+        raise CertificateError(f"{where}: root splits differ from the property's fixed splits "
+                               f"(missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                               f"extra {extra[:5]}{'...' if len(extra) > 5 else ''})")
+    return splits
+
+
 def _proofs(cert: dict, spec: Spec):
-    """(region, polytope, tree) of every proof, after checking there is exactly one per goal."""
+    """(region, polytope, tree, root splits entry or None) of every proof, after checking there is exactly one per goal."""
     proofs = cert.get("proofs")
     if not isinstance(proofs, list):
         raise CertificateError("proofs must be a list")
     wanted = {(r, p) for r, reg in enumerate(spec.regions) for p in range(len(reg.unsafe))}
     seen = set()
     for proof in proofs:
-        if not isinstance(proof, dict) or set(proof) != {"region", "polytope", "tree"}:
-            raise CertificateError("each proof needs exactly region, polytope and tree")
+        if not isinstance(proof, dict) or set(proof) - {"splits"} != {"region", "polytope", "tree"}:
+            raise CertificateError("each proof needs exactly region, polytope and tree (and optionally splits)")
         goal = (proof["region"], proof["polytope"])
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in goal) or goal not in wanted:
             raise CertificateError(f"proof names (region, polytope) {goal}, which the spec does not have")
@@ -160,7 +180,7 @@ def _proofs(cert: dict, spec: Spec):
     missing = sorted(wanted - seen)
     if missing:
         raise CertificateError(f"no proof for (region, polytope) {', '.join(map(str, missing))}")
-    return [(p["region"], p["polytope"], p["tree"]) for p in proofs]
+    return [(p["region"], p["polytope"], p["tree"], p.get("splits")) for p in proofs]
 
 
 @dataclass
@@ -275,7 +295,7 @@ def _leaf_values(graph, A, b, leaves: list[Leaf], known_of, deadline, total: int
 
 def _in_time(deadline: float | None, where: str) -> None:
     """``CertificateError`` once ``deadline`` has passed."""
-    if deadline is not None and time.monotonic() > deadline:
+    if deadline is not None and clock.now() > deadline:
         raise CertificateError(f"check stopped at its deadline {where}")
 
 
@@ -321,8 +341,11 @@ def _judge(leaf: Leaf, value: float, strict: bool, reasons: list[str], notes: li
         notes.append(f"{leaf.where}: the split constraints make this domain empty")
 
 
-def root_bounds(graph: Graph, lower: np.ndarray, upper: np.ndarray) -> dict:
-    """Bounds of every value on the whole region box (valid on every leaf inside it)."""
+def root_bounds(graph: Graph, lower: np.ndarray, upper: np.ndarray, splits: tuple[Split, ...] = ()) -> dict:
+    """Bounds of every value on the whole region box (valid on every leaf inside it), under the root's fixed splits."""
+    if splits:
+        bounds, _ = domain_bounds(graph, [Leaf("root", np.asarray(lower), np.asarray(upper), tuple(splits), 0, 1.0)])
+        return bounds
     dev, shape = _device_of(graph), (1,) + tuple(graph.input_shape)
     box = [torch.tensor(v, dtype=torch.float64, device=dev).reshape(shape) for v in (lower, upper)]
     bounds, _ = intermediate_bounds(graph, Domains(*box), BUDGET)

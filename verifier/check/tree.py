@@ -71,13 +71,14 @@ def _is_real(v: Any) -> bool:
 
 
 def walk(tree: Any, lower: np.ndarray, upper: np.ndarray, rows: int, graph: Graph, array: ArrayStore,
-         where: str, inner: dict[str, tuple] | None = None) -> list[Leaf]:
+         where: str, inner: dict[str, tuple] | None = None, splits: tuple[Split, ...] = ()) -> list[Leaf]:
     """All leaves of ``tree`` over the region box, in depth-first order; ``CertificateError`` if malformed.
 
     ``inner``, when given, receives the domain ``(lower, upper, splits)`` of every split node by path.
+    ``splits``: fixed split constraints the root domain carries (``root_splits``); every leaf has them first.
     """
     leaves: list[Leaf] = []
-    stack = [(tree, lower, upper, (), where)]
+    stack = [(tree, lower, upper, tuple(splits), where)]
     relus = {n.name: n for n in graph.nodes if n.op == "relu"}
     while stack:
         node, lo, hi, splits, at = stack.pop()
@@ -97,6 +98,29 @@ def walk(tree: Any, lower: np.ndarray, upper: np.ndarray, rows: int, graph: Grap
         else:
             raise CertificateError(f"{at}: a tree node has keys {sorted(node)}, expected leaf or split+children")
     return leaves
+
+
+def root_splits(entry: Any, graph: Graph, at: str) -> tuple[Split, ...]:
+    """A proof's fixed root splits ``[{"node", "index", "sign"}, ...]``, validated like tree splits."""
+    if not isinstance(entry, list):
+        raise CertificateError(f"{at}: splits must be a list of {{node, index, sign}}")
+    relus = {n.name: n for n in graph.nodes if n.op == "relu"}
+    out: list[Split] = []
+    for item in entry:
+        if not isinstance(item, dict) or set(item) != {"node", "index", "sign"}:
+            raise CertificateError(f"{at}: a root split needs exactly node, index and sign")
+        name, index, sign = item["node"], item["index"], item["sign"]
+        if name not in relus:
+            raise CertificateError(f"{at}: root split names {name!r}, which is not a relu node of the graph")
+        size = int(np.prod(relus[name].shape))
+        if not _is_int(index) or not 0 <= index < size:
+            raise CertificateError(f"{at}: root split index {index!r} is not in [0, {size}) for node {name!r}")
+        if not _is_int(sign) or sign not in (-1, 1):
+            raise CertificateError(f"{at}: root split sign {sign!r} is not -1 or 1")
+        if any(s.node == name and s.index == index for s in out):
+            raise CertificateError(f"{at}: neuron {index} of relu {name!r} is a root split twice")
+        out.append(Split(name, index, sign))
+    return tuple(out)
 
 
 def parent_path(path: str) -> str:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from pysat.formula import CNF
 
+from verifier import clock
 from verifier.exact.cardinality import (INTERRUPTIBLE, EncodingError, Formula, ForkedSolver, InProcessSolver, Lit,
                                          SumRow, neg, pb_at_most, rup_check)
 from verifier.model.graph import Graph, Node
@@ -441,7 +442,7 @@ def _hidden_values(f: Formula, layer: SignLayer, prev: list[Value], dtype, deadl
     rows: dict[int, SumRow] = {}
     vals: list[Value] = []
     for p, k in enumerate(layer.chain.src.tolist()):
-        if p % 16 == 0 and time.monotonic() > deadline:
+        if p % 16 == 0 and clock.now() > deadline:
             raise TimeoutError("timeout while encoding")
         if k < 0:
             vals.append(_hidden_value(f, SumRow(0, [], []), layer.chain, p, 0.0, 1.0, 0, dtype))
@@ -520,7 +521,7 @@ def _encode(s: BnnStructure, region: Region, polys: tuple[Polytope, ...], encodi
     vals, inputs = _input_layer(f, s.layers[0].chain, region, s.dtype)
     counts = [_count(vals)]
     for layer in s.layers[1:]:
-        if time.monotonic() > deadline:
+        if clock.now() > deadline:
             raise TimeoutError("timeout while encoding")
         vals = _hidden_values(f, layer, vals, s.dtype, deadline)
         counts.append(_count(vals))
@@ -754,7 +755,7 @@ def verify_bnn_spec(graph: Graph, spec, *, timeout: float = 60.0, proof_path: st
         return SatResult("unknown", None, f"not encodable: {exc}", {})
     reasons, stats = [], []
     for ri, region in enumerate(spec.regions):
-        left = max(deadline - time.monotonic(), 0.0)
+        left = max(deadline - clock.now(), 0.0)
         proof = f"{proof_path}.r{ri}" if proof_path is not None else None
         res = verify_bnn_any(graph, region, region.unsafe, timeout=left, structure=structure, proof_path=proof, **kwargs)
         stats.append(res.stats)

@@ -8,6 +8,7 @@ constants. Every function returns clauses and allocates auxiliary variables from
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -16,6 +17,9 @@ from pathlib import Path
 from pysat.card import CardEnc, EncType
 from pysat.formula import IDPool
 from pysat.solvers import Solver
+
+from verifier import clock
+from verifier.forked import die_with_parent
 
 Lit = int | bool
 
@@ -244,7 +248,7 @@ def rup_check(clauses: list[list[int]], proof: list[str], deadline: float | None
             parts = line.split()
             if not parts or parts[0] == "d":
                 continue
-            if deadline is not None and k % 256 == 0 and time.monotonic() > deadline:
+            if deadline is not None and k % 256 == 0 and clock.now() > deadline:
                 return False, "RUP check ran out of time"
             lits = [int(v) for v in parts if v != "0"]
             no_conflict, _ = checker.propagate(assumptions=[-lit for lit in lits])
@@ -255,6 +259,8 @@ def rup_check(clauses: list[list[int]], proof: list[str], deadline: float | None
             checker.add_clause(lits)
     return False, "the proof does not derive the empty clause"
 
+
+WATCH = 0.1   # seconds between looks at the clock while a solver runs
 
 INTERRUPTIBLE = ("glucose3", "glucose4", "glucose42", "minisat22", "minisatgh", "maplechrono", "maplecm",
                  "maplesat", "mergesat3", "minicard", "gluecard3", "gluecard4")
@@ -269,15 +275,16 @@ class InProcessSolver:
 
     def solve(self, deadline: float) -> tuple[bool | None, list[int] | None]:
         """(answer, model); answer None on timeout."""
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
+        if clock.now() >= deadline:
             return None, None
-        timer = threading.Timer(remaining, self.solver.interrupt)
+        done = threading.Event()
+        timer = threading.Thread(target=_interrupt_at, args=(self.solver, deadline, done), daemon=True)
         timer.start()
         try:
             answer = self.solver.solve_limited(expect_interrupt=True)
         finally:
-            timer.cancel()
+            done.set()
+            timer.join()
             self.solver.clear_interrupt()
         return answer, (self.solver.get_model() if answer else None)
 
@@ -296,8 +303,25 @@ class InProcessSolver:
         self.solver.delete()
 
 
-def _child_solve(name: str, clauses: list[list[int]], proof: str | None, conn) -> None:
-    """Child process body: solve once, send (answer, model, proof line count)."""
+def _interrupt_at(solver, deadline: float, done: threading.Event) -> None:
+    """Interrupt ``solver`` once ``deadline`` passes or the run is cancelled, unless ``done`` is set first."""
+    while not done.wait(WATCH):
+        if clock.now() >= deadline:
+            solver.interrupt()
+            return
+
+
+def _answered(recv, deadline: float) -> bool:
+    """Whether a child answers on ``recv`` by ``deadline`` (a cancel ends the wait)."""
+    while clock.now() < deadline:
+        if recv.poll(min(WATCH, max(deadline - time.monotonic(), 0.0))):
+            return True
+    return recv.poll(0)
+
+
+def _child_solve(name: str, clauses: list[list[int]], proof: str | None, conn, parent: int) -> None:
+    """Child process body: die with the parent; solve once, send (answer, model, proof line count)."""
+    die_with_parent(parent)
     with Solver(name=name, bootstrap_with=clauses, with_proof=proof is not None) as sat:
         answer = sat.solve()
         lines = 0
@@ -327,11 +351,12 @@ class ForkedSolver:
         if self.with_proof and self.proof_tmp is None:
             self.proof_tmp = Path(tempfile.mkstemp(suffix=".drat")[1])
         recv, send = ctx.Pipe(duplex=False)
-        proc = ctx.Process(target=_child_solve, args=(self.name, self.clauses, self.proof_tmp and str(self.proof_tmp), send))
+        proof = self.proof_tmp and str(self.proof_tmp)
+        proc = ctx.Process(target=_child_solve, args=(self.name, self.clauses, proof, send, os.getpid()))
         proc.start()
         send.close()
         try:
-            if not recv.poll(max(deadline - time.monotonic(), 0.0)):
+            if not _answered(recv, deadline):
                 return None, None
             answer, model, self.proof_lines = recv.recv()
             return answer, model

@@ -24,6 +24,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from verifier import clock
 from verifier.model.graph import Graph, Node
 from verifier.model.ops import evaluate
 from verifier.spec.spec import Polytope, Region
@@ -193,12 +194,12 @@ def lp_bounds(model: MilpModel, e: Expr, idx: np.ndarray, lo: np.ndarray, hi: np
 
     A, rlo, rhi, clo, chi, _ = model.finish()
     h = _highs_model(A, rlo, rhi, clo, chi, np.zeros(clo.size), None)
-    h.setOptionValue("time_limit", max(deadline - time.monotonic(), 0.01))
+    h.setOptionValue("time_limit", max(deadline - clock.now(), 0.01))
     rows = _widen(e.M[idx], model.n_cols).toarray()
     lo, hi = lo.copy(), hi.copy()
     cols = np.arange(clo.size, dtype=np.int32)
     for j in range(idx.size):
-        if time.monotonic() > deadline:
+        if clock.now() > deadline:
             break
         h.changeColsCost(clo.size, cols, rows[j])
         for sense, out in ((highspy.ObjSense.kMinimize, lo), (highspy.ObjSense.kMaximize, hi)):
@@ -588,8 +589,8 @@ def _solve_highs(problem: MilpProblem, time_limit: float) -> SolveOutcome:
             event.interrupt()
 
     def on_interrupt(event):
-        """Stop the search once a violating incumbent exists."""
-        if found["hit"]:
+        """Stop the search once a violating incumbent exists or the run is cancelled."""
+        if found["hit"] or clock.cancelled():
             event.interrupt()
 
     h.cbMipImprovingSolution.subscribe(on_solution)
@@ -660,7 +661,7 @@ def _solve_gurobi(problem: MilpProblem, time_limit: float) -> SolveOutcome:
         v = m.addMVar(problem.col_lo.size, lb=lo, ub=problem.col_hi, vtype=vtype)
         _add_gurobi_rows(m, v, problem)
         m.setObjective(v[problem.t], gp.GRB.MINIMIZE)
-        m.optimize()
+        m.optimize(_gurobi_cancel)
         has_sol = m.SolCount > 0
         solution = np.asarray(v.X, dtype=np.float64) if has_sol else None
         objective = float(m.ObjVal) if has_sol else None
@@ -668,8 +669,14 @@ def _solve_gurobi(problem: MilpProblem, time_limit: float) -> SolveOutcome:
         if bound is not None and not math.isfinite(bound):
             bound = None
         status = {gp.GRB.OPTIMAL: "optimal", gp.GRB.USER_OBJ_LIMIT: "objective limit", gp.GRB.TIME_LIMIT: "time limit",
-                  gp.GRB.INFEASIBLE: "infeasible"}.get(m.Status, f"gurobi status {m.Status}")
+                  gp.GRB.INTERRUPTED: "interrupted", gp.GRB.INFEASIBLE: "infeasible"}.get(m.Status, f"gurobi status {m.Status}")
         return SolveOutcome(solution, objective, bound, status, int(m.NodeCount))
+
+
+def _gurobi_cancel(model, where) -> None:
+    """Gurobi callback: stop the solve once the run is cancelled (``verifier.clock``)."""
+    if clock.cancelled():
+        model.terminate()
 
 
 def _add_gurobi_rows(m, v, problem: MilpProblem):
@@ -768,7 +775,7 @@ def verify_milp(graph: Graph, region: Region, polytope: Polytope, *, bounds=None
     problem = encode(graph, region, polytope, bounds, tighten_until)
     name, why = choose_backend(problem, backend)
     build_time = time.monotonic() - start
-    outcome = BACKENDS[name](problem, timeout - build_time)
+    outcome = BACKENDS[name](problem, clock.left(start + timeout))   # minimal once cancelled
     stats = dict(problem.stats, bounds=source, backend_reason=why, solver_status=outcome.status, nodes=outcome.nodes,
                  build_time=build_time, time=time.monotonic() - start)
     return _decide(graph64, region, polytope, outcome, name, why, stats)

@@ -1,7 +1,19 @@
-"""ONNX networks lowered to the canonical graph."""
-from verifier.model.graph import Graph, Node
-from verifier.model.onnx_loader import (ONNX_OPS, Model, ModelLoadError, UnsupportedModelError, load_onnx,
-                                        load_onnx_bytes)
+"""ONNX networks lowered to the canonical graph.
 
-__all__ = ["Graph", "Node", "ONNX_OPS", "Model", "ModelLoadError", "UnsupportedModelError", "load_onnx",
-           "load_onnx_bytes"]
+The names below load on first use, so that ``verifier.model.onnx_file`` (ONNX parsing and its
+safety checks: numpy and onnx only) can be imported without torch, e.g. by the service's API.
+"""
+import importlib
+
+_WHERE = {"Graph": "graph", "Node": "graph", "ONNX_OPS": "onnx_loader", "Model": "onnx_loader",
+          "ModelLoadError": "onnx_file", "UnsupportedModelError": "onnx_file", "load_onnx": "onnx_loader",
+          "load_onnx_bytes": "onnx_loader"}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    """Import the submodule that defines ``name`` when it is first asked for."""
+    if name not in _WHERE:
+        raise AttributeError(f"module 'verifier.model' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"verifier.model.{_WHERE[name]}"), name)

@@ -19,12 +19,12 @@ The deadline (``time.monotonic()`` value) is checked before every step and every
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from verifier import clock
 from verifier.config import AttackConfig
 from verifier.counterexample import Counterexample, Runner, network_dtype, network_point, validate_batch
 from verifier.model.graph import Graph
@@ -157,7 +157,7 @@ class Falsifier:
 
     def expired(self) -> bool:
         """Whether the deadline has passed."""
-        return self.deadline is not None and time.monotonic() >= self.deadline
+        return self.deadline is not None and clock.now() >= self.deadline
 
     def rows(self, x: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
         """Constraint rows [B, K, m] of flat inputs x [B, n] in their regions."""

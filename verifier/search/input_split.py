@@ -15,6 +15,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from verifier import clock
 from verifier.bounds import DeadlineReached
 from verifier.bounds.box import outward_box
 from verifier.config import BabConfig
@@ -182,27 +183,30 @@ class CounterexampleHunt:
 
 def input_split(engine, graph, lower: np.ndarray, upper: np.ndarray, A: np.ndarray, b: np.ndarray,
                 validate: Callable[[np.ndarray], object], deadline: float, config: BabConfig,
-                device=None, dtype=torch.float32, falsify=None, workers: int = 1) -> SplitOutcome:
+                device=None, dtype=torch.float32, falsify=None, workers: int = 1,
+                progress: Callable[[dict], object] | None = None) -> SplitOutcome:
     """Prove ``A f(x) <= b`` unreachable over the box, or find a validated counterexample.
 
     ``falsify``: the polytopes [(A, b), ...] whose counterexamples the search looks for (default:
     this one; the portfolio passes every polytope of the region, since any of them settles it).
     ``workers`` > 1 (CPU): a search still open after ``config.parallel_after`` seconds (with at
     least two pending domains per worker) hands them to that many processes (this one and forked
-    ones); see ``_parallel``.
+    ones); see ``_parallel``. ``progress``, when given, is called before every batch with the
+    counts ``{"domains": bounded so far, "pending": queued}`` (this process's share once forked).
     """
     lo, hi = outward_box(lower, upper, dtype, device, (1, -1))
     C, bt = torch.tensor(A, dtype=dtype, device=device).unsqueeze(0), torch.tensor(b, dtype=dtype, device=device)
     zero = torch.zeros(1, dtype=torch.long, device=device)
     hunt = CounterexampleHunt(engine.graph, lo, hi, falsify or [(A, b)], validate, config, deadline)
     search = Search(engine, graph, (hi - lo)[0], C, bt, hunt, config, Pending(lo, hi, zero, zero.clone()), 1)
+    search.progress = progress
     if workers <= 1:
         return search.run(deadline)
     switch = time.monotonic() + config.parallel_after
     out = search.run(deadline, lambda: time.monotonic() >= switch and len(search.queue) >= 2 * workers)
-    if out.status != "timeout" or time.monotonic() >= deadline:
+    if out.status != "timeout" or clock.now() >= deadline:
         return out
-    return _parallel(search, deadline, workers)
+    return _parallel(search, deadline, workers, progress)
 
 
 class Search:
@@ -213,6 +217,7 @@ class Search:
         self.engine, self.graph, self.root_width, self.C, self.bt = engine, graph, root_width, C, bt
         self.hunt, self.config, self.queue, self.next_id = hunt, config, queue, next_id
         self.log, self.visited, self.max_depth = SplitLog(), 0, 0
+        self.progress: Callable[[dict], object] | None = None   # told the counts before every batch
         self.t0 = time.monotonic()
         self.size = min(64, config.batch)   # batch size: grows while one call stays short, so deadlines hold
 
@@ -232,7 +237,9 @@ class Search:
         deadline passes (timeout) or ``stopped()`` turns true (timeout too)."""
         engine, config, queue, hunt, C = self.engine, self.config, self.queue, self.hunt, self.C
         while len(queue):
-            if time.monotonic() >= deadline or (stopped is not None and stopped()):
+            if self.progress is not None:
+                self.progress({"domains": self.visited, "pending": len(queue)})
+            if clock.now() >= deadline or (stopped is not None and stopped()):
                 return self.outcome("timeout")
             if len(queue) > config.max_domains:
                 return self.outcome("unknown", note="domain limit")
@@ -280,14 +287,14 @@ CHUNKS_PER_WORKER = 4    # pending domains are dealt out in this many chunks per
 ID_STRIDE = 1 << 40      # domain ids of chunk k start at k * ID_STRIDE past the first search's
 
 
-def _parallel(search: Search, deadline: float, workers: int) -> SplitOutcome:
+def _parallel(search: Search, deadline: float, workers: int, progress=None) -> SplitOutcome:
     """Continue an open search in ``workers`` processes: this one and forked ones (one torch thread
     each; fork needs a CPU-only run).
 
     The pending domains are cut into chunks; each process takes the next chunk from a shared
     counter and searches it, numbering its domains in a range of its own, so the chunks' logs
     join the first search's log into one tree. A counterexample, an unknown or a timeout in any
-    chunk stops every process.
+    chunk stops every process. Only this process reports ``progress`` (its own chunks).
     """
     import multiprocessing
 
@@ -303,14 +310,14 @@ def _parallel(search: Search, deadline: float, workers: int) -> SplitOutcome:
     def take(index: int) -> list[tuple]:
         if index:   # a forked worker draws its own random probes, not a copy of this process's
             search.hunt.gen.manual_seed(index)
-        return _take_chunks(search, chunks, counter, stop, deadline)
+        return _take_chunks(search, chunks, counter, stop, deadline, None if index else progress)
 
     mine, theirs = run_beside(lambda: take(0), [lambda k=k: take(k) for k in range(1, workers)], deadline)
     results = mine + [r for got in theirs for r in got or []]
     return _merge(search, results, n, workers)
 
 
-def _take_chunks(search, chunks, counter, stop, deadline) -> list[tuple]:
+def _take_chunks(search, chunks, counter, stop, deadline, progress=None) -> list[tuple]:
     """Search chunks taken from the shared counter: [(chunk, status, counterexample, log, stats)]."""
     done = []
     while not stop.is_set():
@@ -320,6 +327,7 @@ def _take_chunks(search, chunks, counter, stop, deadline) -> list[tuple]:
         if k >= len(chunks):
             break
         sub = search.resume(chunks[k], search.next_id + k * ID_STRIDE)
+        sub.progress = _counted_from(search.visited + sum(r[4]["domains"] for r in done), progress)
         try:
             out = sub.run(deadline, stop.is_set)
         except DeadlineReached:   # the engine stopped inside a batch
@@ -328,6 +336,13 @@ def _take_chunks(search, chunks, counter, stop, deadline) -> list[tuple]:
         if out.status != "holds":
             stop.set()
     return done
+
+
+def _counted_from(base: int, progress):
+    """``progress`` with ``base`` domains added to the count (None stays None)."""
+    if progress is None:
+        return None
+    return lambda counts: progress(dict(counts, domains=counts["domains"] + base))
 
 
 def _merge(search: Search, results: list[tuple], n_chunks: int, workers: int) -> SplitOutcome:

@@ -11,10 +11,11 @@ every candidate on onnxruntime before calling it a counterexample).
 """
 from __future__ import annotations
 
-import time
 from typing import Callable
 
 import torch
+
+from verifier import clock
 
 WIDEN, NARROW = 1.5, 0.8          # step-size factors after a success / a failure
 SIGMA_MIN, SIGMA_MAX = 1e-5, 0.3  # step size bounds, as fractions of the box width
@@ -36,7 +37,7 @@ def evolve(margin: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, lo: 
         best = margin(x)
         scale = torch.full((n_start, 1), sigma, dtype=x.dtype, device=x.device)
         for _ in range(steps):
-            if deadline is not None and time.monotonic() >= deadline:
+            if deadline is not None and clock.now() >= deadline:
                 return None
             noise = torch.randn((n_start, offspring, x.shape[1]), generator=gen, dtype=x.dtype).to(x.device)
             cand = (x[:, None] + noise * (scale * width)[:, None]).clamp(lo, hi).reshape(-1, x.shape[1])

@@ -19,6 +19,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from verifier import clock
 from verifier.bounds.alpha import SPEC
 from verifier.bounds.beta import BetaConfig, BetaResult, compute_domains
 from verifier.config import AlphaConfig, BabConfig
@@ -61,6 +62,7 @@ class ReluSplitLog:
     splits: list[tuple[int, str, int, int, int]] = field(default_factory=list)
     leaves: list[tuple[int, int, float, dict, np.ndarray | None]] = field(default_factory=list)
     parent: dict[int, tuple[int, str, int]] = field(default_factory=dict)
+    root: list[tuple[str, int, int]] = field(default_factory=list)  # fixed splits (node, index, sign) of the root domain
 
     def add_split(self, parent: int, node: str, index: int, inactive: int, active: int) -> None:
         """Record one split of domain ``parent``."""
@@ -68,12 +70,12 @@ class ReluSplitLog:
         self.parent[inactive] = self.parent[active] = (parent, node, index)
 
     def path(self, ident: int) -> list[tuple[str, int]]:
-        """(relu node, flat index) of every split on the path to ``ident``, root first."""
+        """(relu node, flat index) of every split on the path to ``ident``, root first (fixed root splits first)."""
         out = []
         while ident in self.parent:
             ident, node, index = self.parent[ident]
             out.append((node, index))
-        return out[::-1]
+        return [(node, index) for node, index, _ in self.root] + out[::-1]
 
     def tree(self, root: int = 0) -> dict:
         """The certificate TREE (docs/certificate.md) rooted at domain ``root``."""
@@ -129,16 +131,24 @@ class _Search:
     next_id: int = 1
     visited: int = 0
     max_depth: int = 0
+    progress: Callable[[dict], object] | None = None   # told the counts before every batch
 
 
 def relu_split(engine, graph, lower: np.ndarray, upper: np.ndarray, A: np.ndarray, b: np.ndarray,
                validate: Callable[[np.ndarray], object], deadline: float, config: BabConfig,
-               device=None, options: ReluSplitOptions = ReluSplitOptions()) -> SplitOutcome:
+               device=None, options: ReluSplitOptions = ReluSplitOptions(),
+               progress: Callable[[dict], object] | None = None,
+               root_splits: dict[str, np.ndarray] | None = None) -> SplitOutcome:
     """Prove ``A f(x) <= b`` unreachable over the box by ReLU splitting, or find a validated counterexample.
 
     ``graph`` is the model's graph (the engine's copy is used for bounds and attacks); ``device``
     defaults to the engine's. Statuses: holds (log complete), violated, timeout, unknown (domain
-    or memory limit, or a domain with nothing left to split).
+    or memory limit, or a domain with nothing left to split). ``progress``, when given, is called
+    before every batch with the counts ``{"domains": bounded so far, "pending": queued}``.
+    ``root_splits`` (relu node -> flat int array, +1: z >= 0, -1: z <= 0, 0: free) are split constraints
+    the root domain already carries (e.g. an activation pattern): the proof covers only the part of
+    the box where they hold; they are never split again, and ``log.root`` lists them (node, index,
+    sign) in the order the leaves' betas use.
     """
     t0 = time.monotonic()
     dev = engine.device
@@ -149,21 +159,37 @@ def relu_split(engine, graph, lower: np.ndarray, upper: np.ndarray, A: np.ndarra
     box = (tensor(lower).reshape(shape), tensor(upper).reshape(shape))
     C, bt = tensor(A).unsqueeze(0), tensor(b)
     log = ReluSplitLog(np.asarray(lower, dtype=np.float64).reshape(-1), np.asarray(upper, dtype=np.float64).reshape(-1))
-    reference, init = _root_reference(engine, box, C, options)
-    s = _Search(engine, box, C, bt, reference, options, validate, log, deadline)
-    root = Pending({"splits": {}, "alphas": init, "betas": {}}, torch.zeros(1, dtype=torch.long, device=dev),
+    fixed = _fixed_splits(engine, root_splits, log)
+    reference, init = _root_reference(engine, box, C, options, fixed)
+    s = _Search(engine, box, C, bt, reference, options, validate, log, deadline, progress=progress)
+    root = Pending({"splits": fixed, "alphas": init, "betas": {}}, torch.zeros(1, dtype=torch.long, device=dev),
                    torch.zeros(1, dtype=torch.long, device=dev))
     return _loop(s, root, config, deadline, t0)
 
 
-def _root_reference(engine, box, C, options: ReluSplitOptions):
-    """Intermediate bounds valid on the whole box, and the root's objective alphas to start from."""
+def _fixed_splits(engine, root_splits: dict | None, log: ReluSplitLog) -> dict[str, torch.Tensor]:
+    """The root domain's split tensors ([1, size] int8 per relu node); records them in ``log.root``."""
+    out = {}
+    for name, signs in (root_splits or {}).items():
+        node = engine.nodes.get(name)
+        flat = np.asarray(signs).reshape(-1)
+        if node is None or node.op != "relu" or flat.size != node.size or not np.isin(flat, (-1, 0, 1)).all():
+            raise ValueError(f"root split {name!r}: needs a relu node and {node.size if node else '?'} signs in -1, 0, 1")
+        if not flat.any():
+            continue
+        out[name] = torch.as_tensor(flat.astype(np.int8), device=engine.device).reshape(1, -1)
+        log.root += [(name, int(k), int(flat[k])) for k in np.flatnonzero(flat)]
+    return out
+
+
+def _root_reference(engine, box, C, options: ReluSplitOptions, fixed: dict | None = None):
+    """Intermediate bounds valid on the root domain (box and fixed splits), and the root's objective alphas."""
     if options.bounds not in BOUND_MODES:
         raise ValueError(f"unknown bounds mode {options.bounds!r} (known: {', '.join(BOUND_MODES)})")
     if options.bounds == "checker":
         return None, {}
     cfg = AlphaConfig(iterations=options.root_iterations, early_stop=False)
-    res = engine.compute(box[0], box[1], C, method="alpha", alpha=cfg, want_upper=False)
+    res = engine.compute(box[0], box[1], C, method="alpha", alpha=cfg, want_upper=False, splits=fixed or None)
     init = dict(res.alphas[SPEC].slopes) if res.alphas and SPEC in res.alphas else {}
     return res.intermediate, init
 
@@ -172,7 +198,9 @@ def _loop(s: _Search, pending: Pending, config: BabConfig, deadline: float, t0: 
     """Bound, prove, attack and split batches of pending domains until none is left or a limit hits."""
     batch, first, per_domain = max(1, config.batch), True, 0.0
     while len(pending):
-        if time.monotonic() >= deadline:
+        if s.progress is not None:
+            s.progress({"domains": s.visited, "pending": len(pending)})
+        if clock.now() >= deadline:
             return SplitOutcome("timeout", log=s.log, stats=_stats(s, pending, t0))
         cap = min(config.max_domains, s.options.max_memory_bytes // pending.bytes_per_domain())
         if len(pending) > cap:

@@ -1,0 +1,1 @@
+"""The nnverify service: HTTP API, Celery tasks, job store. Wraps ``verifier`` and never the reverse."""
