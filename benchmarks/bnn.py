@@ -15,7 +15,7 @@ rarely robust, so ``boost`` adds ``boost * h0 / sqrt(width)`` to the label's out
 last hidden signs at x0), a stand-in for a trained margin: boost 0 -> mostly violated, 1 -> mostly holds.
 
 Every "holds" is cross-checked by sampling the box (a violation found there is reported as WRONG).
-VNN-COMP's traffic_signs_recognition (the public BNN benchmark) is not in /work/shared/benchmarks,
+VNN-COMP's traffic_signs_recognition (the public BNN benchmark) is not in the shared benchmarks,
 so the instances here are generated.
 """
 from __future__ import annotations
@@ -184,7 +184,7 @@ def main(argv=None) -> int:
     report = {"benchmark": "bnn_sat", "generated": time.strftime("%Y-%m-%dT%H:%M:%S"),
               "machine": {"platform": platform.platform(), "python": platform.python_version()},
               "timeout_s": args.timeout, "summary": summary, "instances": rows,
-              "note": "VNN-COMP traffic_signs_recognition is not in /work/shared/benchmarks; instances are generated"}
+              "note": "VNN-COMP traffic_signs_recognition is not in the shared benchmarks; instances are generated"}
     if args.encodings:
         report["encodings"] = compare_encodings(args.timeout)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -25,8 +25,9 @@ import torch
 from verifier.bounds import BoundEngine
 from verifier.config import AlphaConfig
 from verifier.model.graph import Graph, Node
+from verifier.shared_data import benchmarks_root
 
-VNNCOMP = "/work/shared/benchmarks/vnncomp2021"
+VNNCOMP = str(benchmarks_root() / "vnncomp2021")
 REAL = [("mnistfc_256x2", "mnistfc", "onnx/mnist-net_256x2.onnx", "vnnlib/prop_0_0.03.vnnlib"),
         ("mnistfc_256x6", "mnistfc", "onnx/mnist-net_256x6.onnx", "vnnlib/prop_0_0.03.vnnlib"),
         ("oval21_base", "oval21", "onnx/cifar_base_kw.onnx",

@@ -27,8 +27,9 @@ import numpy as np
 import torch
 
 from benchmarks.vnncomp import RunnerConfig, Truth, read_instances, read_truth, run_instance
+from verifier.shared_data import benchmarks_root
 
-ROOT = Path("/work/shared/benchmarks")
+ROOT = benchmarks_root()
 RESULTS = Path(__file__).resolve().parent / "results" / "coverage"
 NEW_OPS = ("mul", "matmul", "pow", "sin", "cos", "exp", "reciprocal", "sqrt")
 

@@ -2,7 +2,7 @@
 
 Two steps, because the GPU machine sees only the repository:
 
-``python -m benchmarks.gpu pack --out gpu_data`` (where /work/shared is): one instance per
+``python -m benchmarks.gpu pack --out gpu_data`` (where ../shared sits beside the checkout): one instance per
 VNN-COMP family (truth unsat preferred, then the smallest network), plus a few mnistfc and
 acasxu instances for end-to-end runs, copied with ``manifest.json``; at most 45 MB in all.
 The folder is added to ``.git/info/exclude``.
@@ -53,9 +53,10 @@ from verifier.bounds.box import outward_box
 from verifier.config import AlphaConfig, VerifyConfig
 from verifier.model.onnx_loader import load_onnx
 from verifier.spec.vnnlib import load_vnnlib
+from verifier.shared_data import benchmarks_root
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SHARED = Path("/work/shared/benchmarks")
+SHARED = benchmarks_root()
 MAX_BYTES = 45_000_000
 EXTRAS = (  # (year folder, family, onnx, vnnlib): end-to-end verify runs besides the family picks
     ("vnncomp2021", "mnistfc", "onnx/mnist-net_256x4.onnx", "vnnlib/prop_0_0.03.vnnlib"),

@@ -31,6 +31,7 @@ FAKE_CLI = r'''#!{python}
 """Fake nnverify: behaves as plan.json (beside it) says for the property's stem."""
 import json, subprocess, sys, time
 from pathlib import Path
+from verifier.shared_data import benchmarks_root
 
 here = Path(__file__).resolve().parent
 args = sys.argv[1:]
@@ -338,7 +339,7 @@ def test_competition_scripts(tmp_path):
     assert result.read_text().strip() == "error"
 
 
-TEST_FAMILY = Path("/work/shared/benchmarks/vnncomp2021/test")
+TEST_FAMILY = benchmarks_root() / "vnncomp2021" / "test"
 # The counterexample nnverify reported for test_sat.onnx / test_prop.vnnlib (float32 point in the box).
 TEST_SAT_X = [-0.29855284094810486, -0.009549296461045742, 0.4933803379535675, 0.5, 0.30000001192092896]
 

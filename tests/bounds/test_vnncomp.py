@@ -9,8 +9,9 @@ import torch
 
 from verifier.bounds import BoundEngine
 from verifier.config import AlphaConfig
+from verifier.shared_data import benchmarks_root
 
-ROOT = "/work/shared/benchmarks/vnncomp2021"
+ROOT = str(benchmarks_root() / "vnncomp2021")
 CASES = [("mnistfc", "onnx/mnist-net_256x2.onnx", "vnnlib/prop_0_0.03.vnnlib"),
          ("oval21", "onnx/cifar_base_kw.onnx", "vnnlib/cifar_base_kw-img4549-eps0.00392156862745098.vnnlib"),
          ("acasxu", "onnx/ACASXU_run2a_1_1_batch_2000.onnx", "vnnlib/prop_2.vnnlib")]

@@ -12,8 +12,9 @@ import cert_factory as cf
 from verifier.certificate import (FORMAT, VERSION, CertificateBuilder, CertificateError, decode_array, encode_array,
                                   input_split_tree, leaf, load_certificate, relu_split, sha256_file)
 from verifier.check import check_files
+from verifier.shared_data import benchmarks_root
 
-BENCH = Path("/work/shared/benchmarks/vnncomp2021/test")
+BENCH = benchmarks_root() / "vnncomp2021" / "test"
 
 
 @pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
@@ -158,7 +159,7 @@ def test_check_files_rejects_another_spec(files, tmp_path):
     assert not report.ok and "spec sha256 mismatch" in report.reasons[0]
 
 
-@pytest.mark.skipif(not BENCH.is_dir(), reason="benchmark instances not present (/work/shared/benchmarks)")
+@pytest.mark.skipif(not BENCH.is_dir(), reason=f"benchmark instances not present ({BENCH}; set NNVERIFY_BENCHMARKS)")
 def test_benchmark_instance_round_trip(tmp_path):
     """vnncomp2021 test_unsat (an ACAS Xu-sized net): prove by input splits, save, check the files."""
     from verifier.model.onnx_loader import load_onnx

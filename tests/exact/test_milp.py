@@ -14,6 +14,7 @@ from verifier.exact.milp import (GUROBI_SIZE_LIMIT, MilpProblem, MilpUnsupported
                                  gurobi_size_limited, verify_milp)
 from verifier.model.graph import Graph, Node
 from verifier.spec.spec import Polytope, Region
+from verifier.shared_data import benchmarks_root
 
 
 
@@ -195,7 +196,7 @@ def test_pool_windows_reproduce_torch_maxpool(shape, attrs):
     np.testing.assert_array_equal(got, ref)
 
 
-BENCH = Path("/work/shared/benchmarks/vnncomp2021/test")
+BENCH = benchmarks_root() / "vnncomp2021" / "test"
 
 
 @pytest.mark.skipif(not (BENCH / "truth.csv").exists(), reason=f"benchmark folder {BENCH} is absent")

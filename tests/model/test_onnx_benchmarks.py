@@ -11,8 +11,9 @@ import torch
 
 from verifier.model import UnsupportedModelError, load_onnx
 from verifier.model.reference import OnnxRunner
+from verifier.shared_data import benchmarks_root
 
-ROOT = Path("/work/shared/benchmarks")
+ROOT = benchmarks_root()
 pytestmark = pytest.mark.skipif(not ROOT.is_dir(), reason=f"benchmark folder {ROOT} is absent")
 
 

@@ -9,10 +9,11 @@ import torch
 from onnx_factory import compare, helper, make_onnx, ops_of, rand
 from verifier.model import UnsupportedModelError, load_onnx, load_onnx_bytes
 from verifier.model.reference import OnnxRunner
+from verifier.shared_data import benchmarks_root
 
 N = helper.make_node
 RNG = np.random.default_rng(11)
-ROOT = Path("/work/shared/benchmarks/vnncomp2023")
+ROOT = benchmarks_root() / "vnncomp2023"
 
 
 def test_mul_of_two_variables_with_broadcast():

@@ -15,8 +15,9 @@ from verifier.config import AttackConfig
 from verifier.model.graph import Graph, Node
 from verifier.search.attack import attack, cosine_alpha, region_margins, region_rows, spec_tensors, target_loss
 from verifier.spec.spec import Polytope, Region, Spec
+from verifier.shared_data import benchmarks_root
 
-BENCH = Path("/work/shared/benchmarks/vnncomp2021/test")
+BENCH = benchmarks_root() / "vnncomp2021" / "test"
 
 
 class OrtRunner:

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from verifier.spec import Spec, VnnlibError, load_vnnlib, parse_vnnlib
+from verifier.shared_data import benchmarks_root
 
-BENCHMARKS = Path("/work/shared/benchmarks")
+BENCHMARKS = benchmarks_root()
 
 
 def _decls(n_in: int, n_out: int) -> str:

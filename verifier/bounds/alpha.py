@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from verifier import clock
+from verifier.bounds.adam import Adam
 from verifier.bounds.registry import OPS
 
 SPEC = "_spec"
@@ -97,8 +98,7 @@ def optimise_alphas(engine, box, dom, A_spec, m, cfg, reference, plan, alphas, c
     best_bounds = {k: (v[0].detach(), v[1].detach()) for k, v in reference.items()}
     best = {k: a.detached() for k, a in alphas.items()}
     best_obj = torch.full((box[0].shape[0],), float("-inf"), dtype=box[0].dtype, device=box[0].device)
-    opt = torch.optim.Adam(params, lr=cfg.lr) if params else None
-    sched = torch.optim.lr_scheduler.ExponentialLR(opt, cfg.lr_decay) if params else None
+    opt = Adam([(params, cfg.lr)], cfg.lr_decay) if params else None
     n_eval = max(1, cfg.iterations) if params else 1
     from verifier.bounds.engine import DeadlineReached
 
@@ -122,7 +122,6 @@ def optimise_alphas(engine, box, dom, A_spec, m, cfg, reference, plan, alphas, c
         opt.zero_grad()
         (-low.sum()).backward()
         opt.step()
-        sched.step()
         with torch.no_grad():
             for t in params:
                 t.clamp_(0, 1)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from verifier import clock
+from verifier.bounds.adam import Adam
 from verifier.bounds.base import ElementwiseOp, RelaxState
 from verifier.bounds.crown import backward_to_input, concretize_lower
 from verifier.bounds.registry import OPS
@@ -151,10 +152,8 @@ def optimise_beta(engine, bounds, A_spec, splits, alphas, betas, cfg: BetaConfig
     betas = {k: v for k, v in betas.items() if k in signs}
     a_params = [t.requires_grad_() for t in alphas.values()]
     b_params = [t.requires_grad_() for t in betas.values()]
-    groups = [g for g in ({"params": a_params, "lr": cfg.lr_alpha}, {"params": b_params, "lr": cfg.lr_beta})
-              if g["params"]]
-    opt = torch.optim.Adam(groups) if groups else None
-    sched = torch.optim.lr_scheduler.ExponentialLR(opt, cfg.lr_decay) if opt else None
+    groups = [(ps, lr) for ps, lr in ((a_params, cfg.lr_alpha), (b_params, cfg.lr_beta)) if ps]
+    opt = Adam(groups, cfg.lr_decay) if groups else None
     best_a = {k: v.detach().clone() for k, v in alphas.items()}
     best_b = {k: v.detach().clone() for k, v in betas.items()}
     best_low = None
@@ -176,7 +175,6 @@ def optimise_beta(engine, bounds, A_spec, splits, alphas, betas, cfg: BetaConfig
         opt.zero_grad()
         (-low.sum()).backward()
         opt.step()
-        sched.step()
         with torch.no_grad():
             for t in a_params:
                 t.clamp_(0, 1)

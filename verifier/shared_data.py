@@ -1,0 +1,14 @@
+"""Where the shared VNN-COMP benchmark instances are: ``NNVERIFY_BENCHMARKS``, else
+``shared/benchmarks`` beside the checkout (CI lays ``../shared`` next to a fresh clone)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def benchmarks_root() -> Path:
+    """The folder holding ``vnncomp2021/``, ``vnncomp2022/``, ``vnncomp2023/`` (it may not exist)."""
+    env = os.environ.get("NNVERIFY_BENCHMARKS")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
