@@ -98,7 +98,8 @@ class CertificateBuilder:
         self.arrays: dict[str, dict] = {}
         self._by_content: dict[tuple, str] = {}
 
-    def add_proof(self, region: int, polytope: int, tree: dict, splits: list[tuple[str, int, int]] | None = None) -> None:
+    def add_proof(self, region: int, polytope: int, tree: dict,
+                  splits: list[tuple[str, int, int]] | None = None) -> None:
         """Record the proof tree of one (region, polytope) goal; ``splits``: its root's fixed (node, index, sign)."""
         proof = {"region": int(region), "polytope": int(polytope), "tree": tree}
         if splits:

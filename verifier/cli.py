@@ -248,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("action", choices=["generate", "run"])
     sb.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of the action (see --help of each)")
     sb.set_defaults(func=cmd_soundness)
+    from verifier.nap_cli import register as register_nap; register_nap(sub)  # noqa: E702 -- nap mine / verify, explain
     return ap
 
 

@@ -162,7 +162,7 @@ def _root_splits(entry, fixed, graph: Graph, where: str) -> tuple[Split, ...]:
 
 
 def _proofs(cert: dict, spec: Spec):
-    """(region, polytope, tree, root splits entry or None) of every proof, after checking there is exactly one per goal."""
+    """(region, polytope, tree, root splits or None) of every proof, after checking there is exactly one per goal."""
     proofs = cert.get("proofs")
     if not isinstance(proofs, list):
         raise CertificateError("proofs must be a list")
@@ -342,7 +342,7 @@ def _judge(leaf: Leaf, value: float, strict: bool, reasons: list[str], notes: li
 
 
 def root_bounds(graph: Graph, lower: np.ndarray, upper: np.ndarray, splits: tuple[Split, ...] = ()) -> dict:
-    """Bounds of every value on the whole region box (valid on every leaf inside it), under the root's fixed splits."""
+    """Bounds of every value on the whole region box under the root's fixed splits (valid on every leaf inside it)."""
     if splits:
         bounds, _ = domain_bounds(graph, [Leaf("root", np.asarray(lower), np.asarray(upper), tuple(splits), 0, 1.0)])
         return bounds

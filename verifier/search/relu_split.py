@@ -62,7 +62,7 @@ class ReluSplitLog:
     splits: list[tuple[int, str, int, int, int]] = field(default_factory=list)
     leaves: list[tuple[int, int, float, dict, np.ndarray | None]] = field(default_factory=list)
     parent: dict[int, tuple[int, str, int]] = field(default_factory=dict)
-    root: list[tuple[str, int, int]] = field(default_factory=list)  # fixed splits (node, index, sign) of the root domain
+    root: list[tuple[str, int, int]] = field(default_factory=list)  # the root domain's fixed (node, index, sign)
 
     def add_split(self, parent: int, node: str, index: int, inactive: int, active: int) -> None:
         """Record one split of domain ``parent``."""
@@ -174,7 +174,7 @@ def _fixed_splits(engine, root_splits: dict | None, log: ReluSplitLog) -> dict[s
         node = engine.nodes.get(name)
         flat = np.asarray(signs).reshape(-1)
         if node is None or node.op != "relu" or flat.size != node.size or not np.isin(flat, (-1, 0, 1)).all():
-            raise ValueError(f"root split {name!r}: needs a relu node and {node.size if node else '?'} signs in -1, 0, 1")
+            raise ValueError(f"root split {name!r}: needs a relu node and one sign in -1, 0, 1 per neuron")
         if not flat.any():
             continue
         out[name] = torch.as_tensor(flat.astype(np.int8), device=engine.device).reshape(1, -1)
