@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: demo test install install-dev install-service redis tools serve bench clean
+.PHONY: demo test install install-dev install-service redis tools serve audit-demo bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ $(VENV)/.installed-service: $(VENV)/.installed
 
 $(VENV)/.installed-dev: $(VENV)/.installed-service
 	$(PIP) install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+$(VENV)/.installed-audit: $(VENV)/.installed
+	$(PIP) install -q -c constraints.txt -e '.[audit]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -42,6 +46,11 @@ test: install-dev redis tools
 # `.venv/bin/nnverify token create NAME`.
 serve: install-service redis
 	$(VENV)/bin/nnverify serve --host 127.0.0.1 --port 8000 --workers 2
+
+# trains two small digits models (sklearn's bundled 8x8 digits), audits a true and an inflated
+# claim about them, and writes the reports under audit-demo/
+audit-demo: $(VENV)/.installed-audit
+	$(PY) -m verifier.audit.demo --out audit-demo
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -137,9 +137,9 @@ def cmd_check(args) -> int:
 def cmd_soundness(args) -> int:
     """Generate or run the soundness suite (planted counterexamples + exact ground truth)."""
     if args.action == "generate":
-        from benchmarks.soundness.generate import main as run_main
+        from verifier.soundness.generate import main as run_main
     else:
-        from benchmarks.soundness.run import main as run_main
+        from verifier.soundness.run import main as run_main
     return run_main(args.rest)
 
 
@@ -248,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("action", choices=["generate", "run"])
     sb.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of the action (see --help of each)")
     sb.set_defaults(func=cmd_soundness)
+    from verifier.audit.cli import register as register_audit; register_audit(sub)  # noqa: E702 -- audit commands
     from verifier.nap_cli import register as register_nap; register_nap(sub)  # noqa: E702 -- nap mine / verify, explain
     return ap
 

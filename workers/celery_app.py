@@ -55,6 +55,13 @@ def time_limits(timeout: float) -> dict[str, float]:
     return {"time_limit": timeout + HARD_GRACE}
 
 
+def verify_signature(app: Celery, job_id: str, queue: str, priority: int, timeout: float):
+    """The verify task for one job as a signature (for groups), addressed by name."""
+    settings: Settings = app.conf.nnverify_settings
+    return app.signature(VERIFY_TASK, args=[job_id], queue=settings.queue(queue), priority=priority,
+                         task_id=job_id, **time_limits(timeout))
+
+
 def send_verify(app: Celery, job_id: str, queue: str, priority: int, timeout: float) -> None:
     """Enqueue the job by task name (the producer needs neither the task code nor torch)."""
     settings: Settings = app.conf.nnverify_settings

@@ -7,7 +7,7 @@ import time
 import redis
 import sqlalchemy.exc
 
-from workers import runtime
+from workers import analyses, runtime
 from workers.events import Keys, clean
 from workers.runtime import Lease, Watch, publish_final, settings, store
 
@@ -45,7 +45,8 @@ def _run_claimed(job_id: str, lease: Lease, grace: float) -> str:
     try:
         with Watch(job_id, lease, timeout + grace) as watch:
             watch.progress({"event": "start", "attempt": attempt, "worker": runtime.worker_name()})
-            state, values = _verify(job, timeout, watch)
+            run = _verify if job.kind in (None, "verify") else analyses.run   # explain / nap jobs
+            state, values = run(job, timeout, watch)
     except INFRASTRUCTURE:
         raise   # the task retries the job: infrastructure trouble is not the job's fault
     except Exception as exc:   # a bug must end the job, not leave it running

@@ -21,6 +21,7 @@ class Settings:
     default_timeout: float = 60.0
     max_model_bytes: int = 100_000_000
     max_spec_bytes: int = 50_000_000
+    max_data_bytes: int = 200_000_000            # an audit's dataset upload
     max_tensor_elements: int = 50_000_000        # per tensor and in all, declared sizes included
     max_nodes: int = 20_000
     model_cache: int = 8                         # models a worker process keeps loaded

@@ -37,7 +37,7 @@ class Job(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     tenant: Mapped[str] = mapped_column(String(128), index=True)
     state: Mapped[str] = mapped_column(String(16), index=True)
-    kind: Mapped[str] = mapped_column(String(16), default="verify")
+    kind: Mapped[str] = mapped_column(String(16), default="verify")   # verify | explain | nap
     model_sha256: Mapped[str] = mapped_column(String(64))
     spec_sha256: Mapped[str] = mapped_column(String(64))
     model_name: Mapped[str] = mapped_column(String(255), default="")
@@ -59,6 +59,23 @@ class Job(Base):
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     seconds: Mapped[float | None] = mapped_column(Float, nullable=True)   # time inside verify
+    artifacts: Mapped[dict] = mapped_column(JSON, default=dict)            # name -> blob sha256 (analyses)
+    audit_id: Mapped[str | None] = mapped_column(String(36), nullable=True, index=True)
+    item_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class Audit(Base):
+    """An audit of a robustness claim: the plan's items, each checked by one job."""
+
+    __tablename__ = "audits"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(128), index=True)
+    claim: Mapped[dict] = mapped_column(JSON)          # the claim as submitted (model/data name blobs)
+    model_sha256: Mapped[str] = mapped_column(String(64))
+    data_sha256: Mapped[str] = mapped_column(String(64))
+    data_name: Mapped[str] = mapped_column(String(255), default="data.npz")
+    items: Mapped[list] = mapped_column(JSON)          # the plan, without the property texts
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
 
 
 def now() -> dt.datetime:
@@ -120,13 +137,17 @@ class Store:
 
     def job(self, job_id: str, tenant: str | None = None) -> Job | None:
         """The job, or None when absent or (with ``tenant``) another tenant's."""
-        if not is_job_id(job_id):
+        return self._owned(Job, job_id, tenant)
+
+    def _owned(self, table, row_id: str, tenant: str | None):
+        """Row ``row_id`` of ``table`` (a job or an audit), or None when absent or another tenant's."""
+        if not is_job_id(row_id):
             return None
         with self.session() as s:
-            job = s.get(Job, job_id)
-        if job is None or (tenant is not None and job.tenant != tenant):
+            row = s.get(table, row_id)
+        if row is None or (tenant is not None and row.tenant != tenant):
             return None
-        return job
+        return row
 
     def jobs(self, tenant: str, state: str | None, limit: int, offset: int) -> tuple[list[Job], int]:
         """A page of the tenant's jobs, newest first, and how many match in all."""
@@ -167,6 +188,22 @@ class Store:
         self.transition(job_id, ("running",), cancel_requested=1)
         job = self.job(job_id)
         return job.state if job else "missing"
+
+    # --- audits ------------------------------------------------------------------------------
+
+    def add_audit(self, audit_id: str, **fields) -> Audit:
+        audit = Audit(id=audit_id, created_at=now(), **fields)
+        with self.session.begin() as s:
+            s.add(audit)
+        return audit
+
+    def audit(self, audit_id: str, tenant: str | None = None) -> Audit | None:
+        """The audit, or None when absent or (with ``tenant``) another tenant's."""
+        return self._owned(Audit, audit_id, tenant)
+
+    def audit_jobs(self, audit_id: str) -> list[Job]:
+        with self.session() as s:
+            return list(s.scalars(select(Job).where(Job.audit_id == audit_id)).all())
 
     def counts(self) -> dict[str, int]:
         """Jobs by state (every tenant): for /metrics."""

@@ -158,6 +158,7 @@ def test_submit_command_waits_for_the_result_block(shared_stack, alice):
 
 def test_neither_the_api_nor_the_client_imports_torch(shared_stack):
     code = ("import sys; from workers.api.app import create_app; import workers.client, workers.cli; "
-            "create_app(); assert 'torch' not in sys.modules, 'torch imported'")
+            "from verifier.cli import build_parser; create_app(); build_parser(); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=shared_stack.env)
     assert out.returncode == 0, out.stderr

@@ -5,15 +5,13 @@ from pathlib import Path
 
 import pytest
 
-from suite_helpers import answer_word, ensure_repo_on_path, verify_row
-
-ensure_repo_on_path()
+from suite_helpers import answer_word, verify_row
 
 
 @pytest.fixture(scope="session")
 def ci_suite(tmp_path_factory) -> Path:
     """The CI tier (deterministic, seed 0) written into a session tmp dir."""
-    from benchmarks.soundness.generate import generate
+    from verifier.soundness.generate import generate
 
     out = tmp_path_factory.mktemp("soundness_ci")
     generate(out, "ci", seed=0)
@@ -23,7 +21,7 @@ def ci_suite(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def ci_rows(ci_suite):
     """The CI tier's truth.csv rows."""
-    from benchmarks.soundness.generate import read_rows
+    from verifier.soundness.generate import read_rows
 
     return read_rows(ci_suite)
 

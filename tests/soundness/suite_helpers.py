@@ -2,17 +2,10 @@
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 VERIFY_TIMEOUT = 2.0  # seconds per instance for in-process runs
-
-
-def ensure_repo_on_path() -> None:
-    """``benchmarks`` is a folder of the checkout, not an installed package: make it importable."""
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
 
 
 def verify_row(folder: Path, row, check: bool = True, timeout: float = VERIFY_TIMEOUT, light_attack: bool = False):
@@ -20,10 +13,9 @@ def verify_row(folder: Path, row, check: bool = True, timeout: float = VERIFY_TI
 
     ``light_attack``: a token attack, so that the budget goes to the bound engine (mutation tests).
     """
-    ensure_repo_on_path()
-    from benchmarks.soundness.generate import single_thread
     from verifier.config import AttackConfig, VerifyConfig
     from verifier.portfolio import verify
+    from verifier.soundness.generate import single_thread
 
     config = VerifyConfig(timeout=timeout, check_certificates=check)
     if light_attack:
@@ -39,8 +31,7 @@ def answer_word(result) -> str:
 
 def subset_suite(src: Path, dst: Path, names: tuple[str, ...]) -> Path:
     """A suite folder holding only the named instances (files copied, tables rewritten)."""
-    ensure_repo_on_path()
-    from benchmarks.soundness.generate import read_rows, write_tables
+    from verifier.soundness.generate import read_rows, write_tables
 
     rows = [r for r in read_rows(src) if Path(r.onnx).stem in names]
     for r in rows:

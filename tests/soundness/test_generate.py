@@ -4,12 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from suite_helpers import ensure_repo_on_path
-
-ensure_repo_on_path()
-
-from benchmarks.soundness.generate import AttackBudget, Planted, _outputs, box, plant, vnnlib_text
-from benchmarks.soundness.networks import Bump, CnnSpec, MlpSpec, cnn_model, mlp_model
+from verifier.soundness.generate import AttackBudget, Planted, _outputs, box, plant, vnnlib_text
+from verifier.soundness.networks import Bump, CnnSpec, MlpSpec, cnn_model, mlp_model
 from verifier.spec.vnnlib import parse_vnnlib
 
 NETS = {

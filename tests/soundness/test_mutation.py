@@ -3,11 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from suite_helpers import answer_word, ensure_repo_on_path, verify_row
+from suite_helpers import answer_word, verify_row
 
-ensure_repo_on_path()
-
-from benchmarks.soundness.run import judge
+from verifier.soundness.run import judge
 from verifier.bounds.activation import LeakyReluOp
 from verifier.bounds.linear import LinearOp
 from verifier.bounds.smooth import SmoothOp

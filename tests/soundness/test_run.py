@@ -3,11 +3,7 @@ from __future__ import annotations
 
 import json
 
-from suite_helpers import ensure_repo_on_path
-
-ensure_repo_on_path()
-
-from benchmarks.soundness import run as soundness_run
+from verifier.soundness import run as soundness_run
 
 
 def _sat_block(x, y) -> str:
@@ -33,7 +29,7 @@ def test_audit_scores_every_kind_of_answer(ci_suite, ci_rows, tmp_path):
     (results / f"{_stem(planted[0].onnx)}__{_stem(planted[0].vnnlib)}.txt").write_text("unsat\n")
     # naming 2: <vnnlib stem>.txt -- the planted witness itself: a valid falsification
     (results / f"{_stem(planted[1].vnnlib)}.txt").write_text(_sat_block(wit["x"], wit["y"]))
-    # naming 3: vnncomp.py's NNNN_<onnx>__<vnnlib>.txt -- a witness outside the box
+    # naming 3: the runner's NNNN_<onnx>__<vnnlib>.txt -- a witness outside the box
     idx = ci_rows.index(planted[2])
     bad_x = [v + 1.0 for v in json.loads((ci_suite / planted[1].witness).read_text())["x"][:planted[2].n_inputs]]
     bad_x += [0.0] * (planted[2].n_inputs - len(bad_x))
@@ -72,7 +68,7 @@ def test_audit_of_honest_unknowns_passes(ci_suite, ci_rows, tmp_path):
 
 def test_judge_table():
     """The scoring rules in one place."""
-    from benchmarks.soundness.generate import Row
+    from verifier.soundness.generate import Row
 
     sat = Row("a.onnx", "a.vnnlib", 5.0, "sat", "unverifiable", "mlp", "relu", 2, "")
     unsat = Row("b.onnx", "b.vnnlib", 5.0, "unsat", "clean", "mlp", "relu", 2, "")

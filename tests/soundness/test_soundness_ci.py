@@ -1,17 +1,16 @@
 """The CI tier: its planted witnesses hold on onnxruntime, and the real verifier never answers wrongly on it."""
 from __future__ import annotations
 
+import csv
 import json
 
 import numpy as np
 import pytest
 
-from suite_helpers import REPO, ensure_repo_on_path, subset_suite
+from suite_helpers import REPO, subset_suite
 
-ensure_repo_on_path()
-
-from benchmarks import vnncomp
-from benchmarks.soundness import run as soundness_run
+from verifier.soundness import run as soundness_run
+from verifier.soundness import runner
 
 
 def _witness_text(data: dict) -> str:
@@ -31,8 +30,8 @@ def test_ci_tier_counts_and_balance(ci_suite, ci_rows):
     assert {r.arch for r in ci_rows} == {"mlp", "cnn"}
     assert {"relu", "sigmoid", "tanh"} <= {r.activation for r in ci_rows}
     assert min(r.n_inputs for r in ci_rows) == 2 and max(r.n_inputs for r in ci_rows) >= 64
-    insts = vnncomp.read_instances(ci_suite)
-    assert [(i.onnx, i.vnnlib) for i in insts] == [(r.onnx, r.vnnlib) for r in ci_rows]
+    listed = [tuple(r[:2]) for r in csv.reader((ci_suite / "instances.csv").open(newline="")) if r]
+    assert listed == [(r.onnx, r.vnnlib) for r in ci_rows]
 
 
 def test_every_sat_instance_has_a_witness_valid_on_onnxruntime(ci_suite, ci_rows):
@@ -41,7 +40,7 @@ def test_every_sat_instance_has_a_witness_valid_on_onnxruntime(ci_suite, ci_rows
     assert sat and all(r.witness for r in sat)
     for row in sat:
         data = json.loads((ci_suite / row.witness).read_text())
-        status, detail = vnncomp.check_witness(ci_suite / row.onnx, ci_suite / row.vnnlib, _witness_text(data))
+        status, detail = runner.check_witness(ci_suite / row.onnx, ci_suite / row.vnnlib, _witness_text(data))
         assert status == "valid", f"{row.onnx}: {detail}"
         if row.kind == "unverifiable":
             assert data["margin"] < 0 and data["bump_height"] > data["margin_g"] > 0
@@ -49,7 +48,7 @@ def test_every_sat_instance_has_a_witness_valid_on_onnxruntime(ci_suite, ci_rows
 
 def test_generation_is_deterministic(ci_suite, tmp_path):
     """The same seed gives byte-identical models, properties and witnesses (one planted recipe)."""
-    from benchmarks.soundness.generate import AttackBudget, ci_recipes, plant, single_thread
+    from verifier.soundness.generate import AttackBudget, ci_recipes, plant, single_thread
 
     recipe = ci_recipes(0)[0][1]
     with single_thread():  # as generate() runs it
@@ -82,7 +81,7 @@ def test_cli_runner_end_to_end(ci_suite, tmp_path):
     summary = soundness_run.run(suite, cli=str(cli), timeout=8, out=tmp_path / "out", grace=5)
     assert summary["instances"] == 3 and summary["ok"], summary["bad"]
     answers = [d["answer"] for d in summary["instances_detail"]]
-    assert all(a in vnncomp.WORDS for a in answers), answers
+    assert all(a in runner.WORDS for a in answers), answers
     assert (tmp_path / "out" / "summary.md").read_text().startswith("# Soundness suite")
     clean = summary["per_kind"]["clean"]
     assert clean["instances"] == 2 and clean["truth"] == {"sat": 1, "unsat": 1}

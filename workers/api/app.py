@@ -4,7 +4,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from workers.api import health, jobs, me, web
+from workers.api import analyses, audits, health, jobs, me, web
 from workers.api.deps import Services, default_services
 
 
@@ -14,6 +14,8 @@ def create_app(services: Services | None = None) -> FastAPI:
                   description="Neural-network verification jobs: ONNX + VNN-LIB in, verdict with evidence out.")
     app.state.services = services or default_services()
     app.include_router(jobs.router)
+    app.include_router(audits.router)
+    app.include_router(analyses.router)
     app.include_router(me.router)
     app.include_router(health.router)
     app.include_router(web.router)

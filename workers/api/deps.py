@@ -10,7 +10,7 @@ from fastapi import Depends, HTTPException, Request
 from workers.blobs import Blobs
 from workers.events import Keys, client
 from workers.settings import Settings
-from workers.store import Store
+from workers.store import Store, is_job_id
 
 
 class Services:
@@ -53,3 +53,14 @@ def current_tenant(request: Request, svc: Svc) -> str:
 
 
 Tenant = Annotated[str, Depends(current_tenant)]
+
+
+def owned(fetch, tenant: str, row_id: str, what: str):
+    """``fetch(row_id, tenant)``; 422 for an id that is no UUID, 404 when absent or another tenant's
+    (the two look the same to the caller)."""
+    if not is_job_id(row_id):
+        raise HTTPException(422, f"{what} id must be a UUID")
+    row = fetch(row_id, tenant)
+    if row is None:
+        raise HTTPException(404, f"no {what} {row_id[:64]!r}")
+    return row

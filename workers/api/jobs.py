@@ -9,12 +9,12 @@ from fastapi import APIRouter, File, Form, HTTPException, Query, Request, Respon
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
-from workers.api.deps import Svc, Tenant
+from workers.api.deps import Svc, Tenant, owned
 from workers.api.schemas import JobCreated, JobPage, JobPublic, job_public
 from workers.celery_app import send_verify
 from workers.events import registered_workers
 from workers.limits import UploadError, check_model, check_spec, route
-from workers.store import FINAL, STATES, is_job_id
+from workers.store import FINAL, STATES
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 METHODS = ("auto", "attack", "ibp", "crown", "alpha", "bab", "milp", "sat")
@@ -30,8 +30,8 @@ async def submit(svc: Svc, tenant: Tenant, model: Annotated[UploadFile, File()],
         raise HTTPException(422, f"timeout must be in (0, {svc.settings.max_timeout:g}] seconds")
     if method not in METHODS:
         raise HTTPException(422, f"method must be one of {', '.join(METHODS)}")
-    model_bytes = await _read_capped(model, svc.settings.max_model_bytes, "model")
-    spec_bytes = await _read_capped(spec, svc.settings.max_spec_bytes, "spec")
+    model_bytes = await read_capped(model, svc.settings.max_model_bytes, "model")
+    spec_bytes = await read_capped(spec, svc.settings.max_spec_bytes, "spec")
     return await run_in_threadpool(_accept, svc, tenant, model, spec, model_bytes, spec_bytes, timeout, method, priority)
 
 
@@ -44,21 +44,21 @@ def _accept(svc, tenant, model, spec, model_bytes, spec_bytes, timeout, method, 
     gpus = sum("gpu" in w.get("queues", []) for w in registered_workers(svc.redis, svc.keys))
     queue, why = route(info, gpus)
     job = svc.store.add_job(tenant=tenant, model_sha256=svc.blobs.put(model_bytes),
-                            spec_sha256=svc.blobs.put(spec_bytes), model_name=_name(model.filename),
-                            spec_name=_name(spec.filename), options={"timeout": timeout, "method": method},
+                            spec_sha256=svc.blobs.put(spec_bytes), model_name=display_name(model.filename),
+                            spec_name=display_name(spec.filename), options={"timeout": timeout, "method": method},
                             queue=queue, queue_reason=why, priority=priority)
     send_verify(svc.celery, job.id, queue, priority, timeout)
     return JobCreated(id=job.id, state=job.state, queue=queue)
 
 
-async def _read_capped(upload: UploadFile, limit: int, what: str) -> bytes:
+async def read_capped(upload: UploadFile, limit: int, what: str) -> bytes:
     data = await upload.read(limit + 1)
     if len(data) > limit:
         raise HTTPException(413, f"{what} upload exceeds {limit} bytes")
     return data
 
 
-def _name(filename: str | None) -> str:
+def display_name(filename: str | None) -> str:
     """A display name only (never a path): the last component, printable, at most 255 chars."""
     base = (filename or "").replace("\\", "/").rsplit("/", 1)[-1]
     return "".join(c for c in base if c.isprintable())[:255]
@@ -75,13 +75,8 @@ def list_jobs(svc: Svc, tenant: Tenant, state: Annotated[str | None, Query()] = 
 
 
 def _job(svc, tenant: str, job_id: str):
-    """The tenant's job; 422 for an id that is no UUID, 404 for an absent or another tenant's job."""
-    if not is_job_id(job_id):
-        raise HTTPException(422, "job id must be a UUID")
-    job = svc.store.job(job_id, tenant)
-    if job is None:
-        raise HTTPException(404, f"no job {job_id[:64]!r}")
-    return job
+    """The tenant's job (see ``owned``)."""
+    return owned(svc.store.job, tenant, job_id, "job")
 
 
 def _progress(svc, job_id: str) -> dict | None:
@@ -120,6 +115,17 @@ def _artifact(svc, job, what: str) -> Response:
         raise HTTPException(404, f"job {job.id} has no {what} (state {job.state}, verdict {job.verdict})")
     return Response(svc.blobs.get(sha), media_type="application/json",
                     headers={"Content-Disposition": f'attachment; filename="{job.id}-{what}.json"'})
+
+
+@router.get("/{job_id}/artifacts/{name}")
+def get_artifact(svc: Svc, tenant: Tenant, job_id: str, name: str) -> Response:
+    """A named file an analysis job produced (``explain.png``, ``explain.json``, ``naps-report.json``)."""
+    job = _job(svc, tenant, job_id)
+    sha = (job.artifacts or {}).get(name)
+    if sha is None:
+        raise HTTPException(404, f"job {job.id} has no artifact {name[:64]!r} (it has: {', '.join(sorted(job.artifacts or {})) or 'none'})")
+    media = "image/png" if name.endswith(".png") else "application/json"
+    return Response(svc.blobs.get(sha), media_type=media, headers={"Content-Disposition": f'inline; filename="{name}"'})
 
 
 @router.delete("/{job_id}", response_model=JobPublic)

@@ -17,6 +17,7 @@ class JobPublic(BaseModel):
     """A job as its tenant sees it."""
 
     id: str
+    kind: str                       # verify | explain | nap
     state: str                      # queued / running / done / failed / cancelled
     verdict: str | None             # holds / violated / unknown / timeout / error
     result: str | None              # the VNN-COMP word: unsat / sat / unknown / timeout / error
@@ -47,6 +48,8 @@ class JobPublic(BaseModel):
     has_counterexample: bool
     progress: dict[str, Any] | None
     log: list[str]
+    artifacts: list[str]            # GET /v1/jobs/{id}/artifacts/{name}
+    analysis: dict[str, Any] | None  # explain / nap jobs: the attribution map or the NAP report
 
 
 class JobPage(BaseModel):
@@ -69,7 +72,7 @@ def job_public(job, progress: dict | None) -> JobPublic:
     """The public view of a job row (``progress``: the live snapshot while it runs)."""
     res = job.result or {}
     return JobPublic(
-        id=job.id, state=job.state, verdict=job.verdict, result=res.get("result"), reason=job.reason or "",
+        id=job.id, kind=job.kind or "verify", state=job.state, verdict=job.verdict, result=res.get("result"), reason=job.reason or "",
         route=res.get("route"), route_reason=res.get("route_reason"), method=res.get("method"),
         queue=job.queue, queue_reason=job.queue_reason, priority=job.priority,
         timeout=float(job.options.get("timeout", 0.0)), requested_method=job.options.get("method", "auto"),
@@ -79,4 +82,5 @@ def job_public(job, progress: dict | None) -> JobPublic:
         started_at=_utc(job.started_at), finished_at=_utc(job.finished_at), seconds=job.seconds, timings=res.get("timings", {}),
         bounds=res.get("bounds", []), certificate_checked=res.get("certificate_checked"),
         has_certificate=job.certificate_sha256 is not None, has_counterexample=job.counterexample_sha256 is not None,
-        progress=progress if job.state in ("queued", "running") else None, log=res.get("log", []))
+        progress=progress if job.state in ("queued", "running") else None, log=res.get("log", []),
+        artifacts=sorted(job.artifacts or {}), analysis=res.get("analysis"))

@@ -2,17 +2,17 @@
 
 Usage (from the repository root)::
 
-    python -m benchmarks.soundness.run SUITE_DIR [--cli .venv/bin/nnverify] [--timeout 5] [--jobs 1] [--out DIR]
-    python -m benchmarks.soundness.run SUITE_DIR --results OTHER_TOOL_RESULTS_DIR [--out DIR]
+    python -m verifier.soundness.run SUITE_DIR [--cli .venv/bin/nnverify] [--timeout 5] [--jobs 1] [--out DIR]
+    python -m verifier.soundness.run SUITE_DIR --results OTHER_TOOL_RESULTS_DIR [--out DIR]
 
 Without ``--results`` every instance of ``SUITE_DIR/truth.csv`` runs through
 ``CLI verify MODEL SPEC --timeout T --result-file F --json`` in its own process (the VNN-COMP
-runner ``benchmarks/vnncomp.py`` does the launching). With ``--results DIR`` nothing is run: the
+runner ``verifier/soundness/runner.py`` does the launching). With ``--results DIR`` nothing is run: the
 VNN-COMP result files another tool wrote are audited. For the instance ``onnx/NAME.onnx`` +
 ``vnnlib/NAME.vnnlib`` the first of these files that exists is read:
 
     DIR/NAME__NAME.txt        (<onnx stem>__<vnnlib stem>.txt)
-    DIR/NNNN_NAME__NAME.txt   (benchmarks/vnncomp.py naming: row number of instances.csv, 4 digits)
+    DIR/NNNN_NAME__NAME.txt   (the runner's naming: row number of instances.csv, 4 digits)
     DIR/NAME.txt, DIR/NAME.counterexample   (<vnnlib stem>: stems are unique in a generated suite)
 
 A missing file counts as ``unknown``. Verdicts (first line ``sat|unsat|timeout|error|unknown``):
@@ -34,8 +34,8 @@ import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from benchmarks import vnncomp
-from benchmarks.soundness.generate import KINDS, Row, read_rows
+from verifier.soundness import runner
+from verifier.soundness.generate import KINDS, Row, read_rows
 
 RESULT_PATTERNS = ("{onnx}__{vnnlib}.txt", "{id}.txt", "{vnnlib}.txt", "{vnnlib}.counterexample")
 
@@ -67,8 +67,8 @@ def judge(row: Row, answer: str, witness: str) -> str:
 
 
 def _instances(folder: Path, rows: list[Row]) -> list:
-    """vnncomp Instances for the rows (row order = instances.csv order)."""
-    return [vnncomp.Instance(i, r.onnx, r.vnnlib, r.timeout, str(folder)) for i, r in enumerate(rows)]
+    """Runner instances for the rows (row order = instances.csv order)."""
+    return [runner.Instance(i, r.onnx, r.vnnlib, r.timeout, str(folder)) for i, r in enumerate(rows)]
 
 
 def _stem(path: str) -> str:
@@ -91,24 +91,24 @@ def audit_one(folder: Path, row: Row, inst, results: Path) -> Judged:
     path = result_file(results, inst)
     if path is None:
         return Judged(row.onnx, row.vnnlib, row.kind, row.truth, "missing", "unknown", "", "no result file")
-    word, text = vnncomp.read_result_file(path)
+    word, text = runner.read_result_file(path)
     word = word or "error"
     witness, detail = "", path.name
     if word == "sat":
-        witness, detail = vnncomp.check_witness(folder / row.onnx, folder / row.vnnlib, text)
+        witness, detail = runner.check_witness(folder / row.onnx, folder / row.vnnlib, text)
     return Judged(row.onnx, row.vnnlib, row.kind, row.truth, word, judge(row, word, witness), witness, detail)
 
 
 def run_cli(folder: Path, rows: list[Row], config, out: Path) -> list[Judged]:
-    """Run the CLI on every instance (vnncomp runner) and score each answer."""
+    """Run the CLI on every instance (``runner.run_all``) and score each answer."""
     insts = _instances(folder, rows)
-    outcomes = vnncomp.run_all(insts, {i.key: vnncomp.Truth(r.truth, {}) for i, r in zip(insts, rows)},
+    outcomes = runner.run_all(insts, {i.key: runner.Truth(r.truth, {}) for i, r in zip(insts, rows)},
                                config, out, "soundness")
     judged = []
     for row, inst, o in zip(rows, insts, outcomes):
         answer = o.result
-        if o.check == "WRONG" and answer not in vnncomp.DECIDED:  # killed after writing a wrong word
-            answer = vnncomp.read_result_file(out / "results" / f"{inst.id}.txt")[0] or answer
+        if o.check == "WRONG" and answer not in runner.DECIDED:  # killed after writing a wrong word
+            answer = runner.read_result_file(out / "results" / f"{inst.id}.txt")[0] or answer
         judged.append(Judged(row.onnx, row.vnnlib, row.kind, row.truth, answer, judge(row, answer, o.witness),
                              o.witness, o.reason, o.time_s))
     return judged
@@ -156,7 +156,7 @@ def markdown(summary: dict, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(folder, cli: str = str(vnncomp.DEFAULT_CLI), timeout: float | None = None, results=None,
+def run(folder, cli: str = str(runner.DEFAULT_CLI), timeout: float | None = None, results=None,
         out=None, jobs: int = 1, grace: float = 5.0) -> dict:
     """Run the CLI (or audit ``results``) on a suite; write summary.json/.md into ``out``; return the summary.
 
@@ -173,7 +173,7 @@ def run(folder, cli: str = str(vnncomp.DEFAULT_CLI), timeout: float | None = Non
         judged = [audit_one(folder, r, i, Path(results)) for r, i in zip(rows, insts)]
         title = f"audit of {results}"
     else:
-        config = vnncomp.RunnerConfig(cli=str(cli), grace=grace, jobs=jobs)
+        config = runner.RunnerConfig(cli=str(cli), grace=grace, jobs=jobs)
         judged = run_cli(folder, rows, config, out)
         title = f"{cli} (timeout {timeout if timeout is not None else 'as written'})"
     summary = summarize(judged)
@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     """Arguments of ``nnverify soundness run``."""
     ap = argparse.ArgumentParser(prog="nnverify soundness run", description=__doc__.splitlines()[0])
     ap.add_argument("suite", help="a folder written by `nnverify soundness generate`")
-    ap.add_argument("--cli", default=str(vnncomp.DEFAULT_CLI), help="the nnverify executable to run")
+    ap.add_argument("--cli", default=str(runner.DEFAULT_CLI), help="the nnverify executable to run")
     ap.add_argument("--timeout", type=float, help="per-instance timeout in seconds (default: as in truth.csv)")
     ap.add_argument("--results", help="audit another tool's VNN-COMP result files in this folder (runs nothing)")
     ap.add_argument("--out", help="where summary.json / summary.md (and logs) go")

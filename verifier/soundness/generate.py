@@ -2,7 +2,7 @@
 
 Usage (from the repository root)::
 
-    python -m benchmarks.soundness.generate OUT_DIR [--tier ci|nightly] [--seed 0]
+    python -m verifier.soundness.generate OUT_DIR [--tier ci|nightly] [--seed 0]
 
 Writes, VNN-COMP style, ``OUT_DIR/onnx/*.onnx``, ``OUT_DIR/vnnlib/*.vnnlib``, ``instances.csv``
 (onnx,vnnlib,timeout; no header), ``truth.csv`` (onnx,vnnlib,timeout,truth,kind,... with a header),
@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from benchmarks.soundness.networks import Bump, CnnSpec, MlpSpec, cnn_model, mlp_model
+from verifier.soundness.networks import Bump, CnnSpec, MlpSpec, cnn_model, mlp_model
 
 TRUTH_COLUMNS = ("onnx", "vnnlib", "timeout", "truth", "kind", "arch", "activation", "n_inputs", "detail", "witness")
 KINDS = ("unverifiable", "clean")

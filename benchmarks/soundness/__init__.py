@@ -1,1 +1,0 @@
-"""Soundness suite: instances with planted, attack-hidden counterexamples plus MILP-decided ones."""
