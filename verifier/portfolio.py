@@ -68,6 +68,7 @@ class Run:
     unstable: int | None = None   # unstable ReLU count under the (first) region box, from CROWN
     started: float = field(default_factory=time.monotonic)
     progress: Callable[[dict], object] | None = None   # the caller's progress callback (see ``verify``)
+    offload: object = None        # a pool that searches chunks of input-split searches (see ``verify``)
 
     def left(self) -> float:
         """Seconds left in the budget (``-inf`` once the run is cancelled)."""
@@ -140,7 +141,7 @@ def load_inputs(model, spec):
 
 
 def verify(model, spec, config: VerifyConfig | None = None, *, cancel: clock.CancelEvent | None = None,
-           progress: Callable[[dict], object] | None = None) -> Result:
+           progress: Callable[[dict], object] | None = None, offload=None) -> Result:
     """Decide whether ``spec`` holds for ``model`` (ONNX path or loaded ``Model``).
 
     ``cancel``: an event (anything with ``is_set()``, e.g. ``threading.Event``). Once it is set,
@@ -152,12 +153,16 @@ def verify(model, spec, config: VerifyConfig | None = None, *, cancel: clock.Can
     "message", "proved", "goals", "best_bound"}`` for every method-log line, and ``{"event":
     "search", "elapsed", "domains", "pending", "method"}`` from branch and bound (at most every
     ``SEARCH_EVERY`` seconds per search). A callback that raises is logged and not called again.
+
+    ``offload``: a ``verifier.search.distribute.Offload`` (e.g. the service's worker pool); input
+    splitting still open after ``config.bab.distribute_after`` seconds ships chunks of its pending
+    domains to it, and their proofs join the one certificate tree.
     """
     with clock.cancel_scope(cancel):
-        return _verify(model, spec, config or VerifyConfig(), progress)
+        return _verify(model, spec, config or VerifyConfig(), progress, offload)
 
 
-def _verify(model, spec, config: VerifyConfig, progress) -> Result:
+def _verify(model, spec, config: VerifyConfig, progress, offload=None) -> Result:
     """``verify``'s body, inside the run's cancel scope."""
     t0 = time.monotonic()
     result = Result(Verdict.UNKNOWN)
@@ -169,7 +174,7 @@ def _verify(model, spec, config: VerifyConfig, progress) -> Result:
         return result
     result.timings["load"] = time.monotonic() - t0
     run = Run(model, spec, spec_sha256, config, t0 + config.timeout, pick_device(config.bounds.device), result,
-              progress=progress)
+              progress=progress, offload=offload)
     run.goals = [Goal(r, p) for r, reg in enumerate(spec.regions) for p in range(len(reg.unsafe))]
     try:
         with cpu_threads(_threads(run)):
@@ -484,7 +489,8 @@ def step_bab(run: Run) -> bool:
         for goal in run.open_goals():
             reg = run.spec.regions[goal.region]
             poly = reg.unsafe[goal.polytope]
-            extra = {"falsify": [(p.A, p.b) for p in reg.unsafe], "workers": _workers(run)} if by_input else {}
+            extra = {"falsify": [(p.A, p.b) for p in reg.unsafe], "workers": _workers(run), "offload": run.offload,
+                     "goal": (goal.region, goal.polytope)} if by_input else {}
             out = search(engine, graph, reg.lower, reg.upper, poly.A, poly.b, check, run.deadline, run.config.bab,
                          device=run.device, progress=_search_progress(run, method), **extra)
             run.note(f"{method} region {goal.region} polytope {goal.polytope}: {out.status} {out.stats}")

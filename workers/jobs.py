@@ -63,6 +63,7 @@ def _verify(job, timeout: float, watch: Watch) -> tuple[str, dict]:
 
     t0 = time.monotonic()
     b = runtime.blobs()
+    pool = None   # the worker pool's share of an input-split search (workers/distributed.py)
     try:
         model, cached = runtime.models().get(job.model_sha256, str(b.path(job.model_sha256)))
         model, spec, _ = load_inputs(model, str(b.path(job.spec_sha256)))
@@ -73,12 +74,25 @@ def _verify(job, timeout: float, watch: Watch) -> tuple[str, dict]:
         config = VerifyConfig.from_dict(dict(job.options.get("config", {}), timeout=timeout,
                                              method=job.options.get("method", "auto"),
                                              workers=1))
-        result = verify(model, str(b.path(job.spec_sha256)), config, cancel=watch.cancel, progress=watch.progress)
+        config, pool = _pool(job, config)
+        result = verify(model, str(b.path(job.spec_sha256)), config, cancel=watch.cancel, progress=watch.progress,
+                        offload=pool)
     seconds = time.monotonic() - t0
     if watch.reason == "time limit" and result.verdict is not Verdict.HOLDS and result.verdict is not Verdict.VIOLATED:
         result.verdict, result.reason = Verdict.TIMEOUT, f"time limit of {timeout:g} s (+ grace) passed: {result.reason}"
     state = "cancelled" if watch.reason == "cancelled" and result.verdict not in (Verdict.HOLDS, Verdict.VIOLATED) else "done"
-    return state, _columns(result, b, seconds, cached)
+    columns = _columns(result, b, seconds, cached)
+    if pool is not None:
+        columns["result"]["distributed"] = pool.summary(runtime.worker_name())
+    return state, columns
+
+
+def _pool(job, config):
+    """(config, chunk pool) for the job (see ``workers.distributed.for_job``)."""
+    from workers import distributed
+    from workers.tasks import app
+
+    return distributed.for_job(job, config, settings(), runtime.redis_client(), app)
 
 
 def _columns(result, b, seconds: float, cached: bool) -> dict:

@@ -8,8 +8,9 @@ import logging
 
 from celery import signals
 
-from workers import jobs
+from workers import distributed, jobs
 from workers.celery_app import GRACE, VERIFY_TASK, make_app
+from workers.distributed import CHUNK_TASK
 from workers.runtime import settings
 
 log = logging.getLogger("nnverify.worker")
@@ -28,6 +29,12 @@ def verify_job(self, job_id: str) -> str:
     if outcome == "leased":   # another delivery runs it now: look again once its lease could lapse
         raise self.retry(countdown=settings().lease_seconds, max_retries=None)
     return outcome
+
+
+@app.task(name=CHUNK_TASK, acks_late=True, reject_on_worker_lost=True)
+def search_chunk(payload: dict) -> str:
+    """Search one chunk of a job's input-split search; its result is written once (workers/distributed.py)."""
+    return distributed.run_task(payload)
 
 
 @signals.worker_process_init.connect

@@ -184,7 +184,8 @@ class CounterexampleHunt:
 def input_split(engine, graph, lower: np.ndarray, upper: np.ndarray, A: np.ndarray, b: np.ndarray,
                 validate: Callable[[np.ndarray], object], deadline: float, config: BabConfig,
                 device=None, dtype=torch.float32, falsify=None, workers: int = 1,
-                progress: Callable[[dict], object] | None = None) -> SplitOutcome:
+                progress: Callable[[dict], object] | None = None, offload=None,
+                goal: tuple[int, int] = (0, 0)) -> SplitOutcome:
     """Prove ``A f(x) <= b`` unreachable over the box, or find a validated counterexample.
 
     ``falsify``: the polytopes [(A, b), ...] whose counterexamples the search looks for (default:
@@ -193,13 +194,16 @@ def input_split(engine, graph, lower: np.ndarray, upper: np.ndarray, A: np.ndarr
     least two pending domains per worker) hands them to that many processes (this one and forked
     ones); see ``_parallel``. ``progress``, when given, is called before every batch with the
     counts ``{"domains": bounded so far, "pending": queued}`` (this process's share once forked).
+    ``offload`` (a ``verifier.search.distribute.Offload``, e.g. the service's worker pool) takes
+    precedence over ``workers``: after ``config.distribute_after`` seconds, chunks of the pending
+    domains of goal ``goal`` (region, polytope) ship to it while this process searches the rest.
     """
-    lo, hi = outward_box(lower, upper, dtype, device, (1, -1))
-    C, bt = torch.tensor(A, dtype=dtype, device=device).unsqueeze(0), torch.tensor(b, dtype=dtype, device=device)
-    zero = torch.zeros(1, dtype=torch.long, device=device)
-    hunt = CounterexampleHunt(engine.graph, lo, hi, falsify or [(A, b)], validate, config, deadline)
-    search = Search(engine, graph, (hi - lo)[0], C, bt, hunt, config, Pending(lo, hi, zero, zero.clone()), 1)
+    search = new_search(engine, graph, lower, upper, A, b, validate, deadline, config, device, dtype, falsify)
     search.progress = progress
+    if offload is not None:
+        from verifier.search.distribute import search_with
+
+        return search_with(search, deadline, offload, goal)
     if workers <= 1:
         return search.run(deadline)
     switch = time.monotonic() + config.parallel_after
@@ -207,6 +211,20 @@ def input_split(engine, graph, lower: np.ndarray, upper: np.ndarray, A: np.ndarr
     if out.status != "timeout" or clock.now() >= deadline:
         return out
     return _parallel(search, deadline, workers, progress)
+
+
+def new_search(engine, graph, lower: np.ndarray, upper: np.ndarray, A: np.ndarray, b: np.ndarray, validate,
+               deadline: float, config: BabConfig, device=None, dtype=torch.float32, falsify=None,
+               queue: "Pending | None" = None, next_id: int = 1) -> "Search":
+    """A search of ``queue`` (default: the whole box, domain 0) for the polytope ``A y <= b``
+    over the region box ``[lower, upper]``, numbering new domains from ``next_id``."""
+    lo, hi = outward_box(lower, upper, dtype, device, (1, -1))
+    C, bt = torch.tensor(A, dtype=dtype, device=device).unsqueeze(0), torch.tensor(b, dtype=dtype, device=device)
+    if queue is None:
+        zero = torch.zeros(1, dtype=torch.long, device=device)
+        queue = Pending(lo, hi, zero, zero.clone())
+    hunt = CounterexampleHunt(engine.graph, lo, hi, falsify or [(A, b)], validate, config, deadline)
+    return Search(engine, graph, (hi - lo)[0], C, bt, hunt, config, queue, next_id)
 
 
 class Search:

@@ -50,6 +50,7 @@ class JobPublic(BaseModel):
     log: list[str]
     artifacts: list[str]            # GET /v1/jobs/{id}/artifacts/{name}
     analysis: dict[str, Any] | None  # explain / nap jobs: the attribution map or the NAP report
+    distributed: dict[str, Any] | None  # {"chunks", "workers"} when the search was spread over the pool
 
 
 class JobPage(BaseModel):
@@ -83,4 +84,4 @@ def job_public(job, progress: dict | None) -> JobPublic:
         bounds=res.get("bounds", []), certificate_checked=res.get("certificate_checked"),
         has_certificate=job.certificate_sha256 is not None, has_counterexample=job.counterexample_sha256 is not None,
         progress=progress if job.state in ("queued", "running") else None, log=res.get("log", []),
-        artifacts=sorted(job.artifacts or {}), analysis=res.get("analysis"))
+        artifacts=sorted(job.artifacts or {}), analysis=res.get("analysis"), distributed=res.get("distributed"))
