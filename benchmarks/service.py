@@ -180,7 +180,7 @@ def run_acasxu(args) -> dict:
                 word = job.get("result") or job["state"]
                 t = truth.get((inst.onnx.lstrip("./"), inst.vnnlib.lstrip("./")))
                 t = t or truth.get((str(Path(inst.onnx)), str(Path(inst.vnnlib))))
-                expected = t.word if t else "unknown"
+                expected = t.truth if t else "unknown"
                 rows.append({"onnx": inst.onnx, "vnnlib": inst.vnnlib, "result": word, "truth": expected,
                              "check": judge(word, expected), "verify_s": job["seconds"],
                              "queue_s": (_epoch(job["started_at"]) or 0) - (_epoch(job["created_at"]) or 0),
