@@ -27,25 +27,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from benchmarks.vnncomp import judge, read_instances, read_truth
 from workers.stack import LocalStack
+from workers.warmup import tiny_instance
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
-
-
-def trivial_instance(folder: Path) -> tuple[Path, Path]:
-    """A 4-8-2 ReLU net and a property CROWN proves at once (the job is almost all overhead)."""
-    rng = np.random.default_rng(0)
-    w1, w2 = rng.standard_normal((8, 4)).astype(np.float32), rng.standard_normal((2, 8)).astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("Gemm", ["x", "w1"], ["h"], transB=1), helper.make_node("Relu", ["h"], ["r"]),
-         helper.make_node("Gemm", ["r", "w2"], ["y"], transB=1)], "trivial",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
-        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
-    net, prop = folder / "trivial.onnx", folder / "trivial.vnnlib"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), net)
-    spec = "".join(f"(declare-const X_{i} Real)\n(assert (>= X_{i} -0.1))\n(assert (<= X_{i} 0.1))\n" for i in range(4))
-    prop.write_text(spec + "(declare-const Y_0 Real)\n(declare-const Y_1 Real)\n(assert (>= Y_0 1000.0))\n")
-    return net, prop
 
 
 class Bench:
@@ -106,7 +90,7 @@ def _pct(values: list[float], q: float) -> float | None:
 def run_trivial(args) -> tuple[dict, list[dict]]:
     """N trivial jobs from concurrent clients: throughput, losses, and where a job's time goes."""
     with tempfile.TemporaryDirectory(prefix="nnverify-bench-") as tmp:
-        net, prop = trivial_instance(Path(tmp))
+        net, prop = tiny_instance(Path(tmp))
         bench = Bench(args.workers, Path(tmp) / "stack")
         try:
             t0 = time.time()

@@ -6,7 +6,6 @@ a ``holds`` answer is re-derived in float64 before it is reported.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
@@ -27,6 +26,7 @@ from verifier.certify import bound_leaf
 from verifier.config import VerifyConfig
 from verifier.result import Result, Verdict
 from verifier.spec.spec import Spec
+from verifier.threads import cpu_threads  # noqa: F401 -- used below and by callers
 
 
 log = logging.getLogger("nnverify")
@@ -189,18 +189,6 @@ def _verify(model, spec, config: VerifyConfig, progress, offload=None) -> Result
     finally:
         result.timings["total"] = time.monotonic() - t0
     return result
-
-
-@contextlib.contextmanager
-def cpu_threads(n: int):
-    """Use ``n`` torch CPU threads inside the block (0: leave as is), then restore."""
-    before = torch.get_num_threads()
-    if n > 0:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _threads(run: Run) -> int:

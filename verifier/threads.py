@@ -1,4 +1,4 @@
-"""One torch CPU thread while a small network is worked on (restored after).
+"""Torch CPU threads for a block of work (restored after); one thread for small networks.
 
 Small ops gain nothing from threads and lose a lot when cores are shared: on two busy cores a
 NAP attack on a 64-64 MLP took 19 s with two threads and 0.8 s with one. ``verify`` makes the
@@ -15,13 +15,18 @@ SMALL_GRAPH_PARAMS = 1_000_000   # as BoundsConfig.small_graph_params
 
 
 @contextlib.contextmanager
-def small_net_threads(graph, limit: int = SMALL_GRAPH_PARAMS) -> Iterator[None]:
-    """Inside the block torch uses one thread if ``graph`` has fewer than ``limit`` parameters."""
-    params = sum(t.numel() for n in graph.nodes for t in n.params.values() if t is not None)
+def cpu_threads(n: int) -> Iterator[None]:
+    """Use ``n`` torch CPU threads inside the block (0: leave as is), then restore."""
     before = torch.get_num_threads()
-    if params < limit:
-        torch.set_num_threads(1)
+    if n > 0:
+        torch.set_num_threads(n)
     try:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def small_net_threads(graph, limit: int = SMALL_GRAPH_PARAMS):
+    """Inside the block torch uses one thread if ``graph`` has fewer than ``limit`` parameters."""
+    params = sum(t.numel() for n in graph.nodes for t in n.params.values() if t is not None)
+    return cpu_threads(1 if params < limit else 0)

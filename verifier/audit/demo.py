@@ -13,7 +13,6 @@ and audits each into ``OUT/<claim>/`` (report.json, report.html, evidence/).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import sys
@@ -24,18 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from verifier.threads import cpu_threads
+
 DIGITS_MEAN, DIGITS_STD = 0.3, 0.4   # normalisation of the MLP, applied outside the model
-
-
-@contextlib.contextmanager
-def one_thread():
-    """Train with one torch thread (small models lose time to thread hand-offs), restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def digits(n_test: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -97,7 +87,7 @@ def train(net: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, ibp_eps: fl
     xs, ys = torch.from_numpy(x), torch.from_numpy(y)
     opt = torch.optim.Adam(net.parameters(), lr)
     batches = math.ceil(len(xs) / 128)
-    with one_thread():
+    with cpu_threads(1):
         for epoch in range(epochs):
             ramp = min(max((epoch + 1 - epochs / 4) / (epochs / 2), 0.0), 1.0)
             perm = torch.randperm(len(xs))
@@ -161,7 +151,7 @@ def crown_certified(claim, eps: float) -> float:
     labels = [it.label for it in good]
     eye = torch.eye(claim.n_outputs)
     C = torch.stack([eye[lab] - eye[[j for j in range(claim.n_outputs) if j != lab]] for lab in labels])
-    with one_thread():
+    with cpu_threads(1):
         lower = engine.compute(lo, hi, C, method="crown", want_upper=False).lower
     return float((lower > 0).all(dim=1).sum()) / claim.n_samples
 

@@ -23,7 +23,6 @@ Everything is deterministic given ``seed``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import json
 import sys
@@ -405,17 +404,11 @@ def generate(out_dir, tier: str = "ci", seed: int = 0, budget: AttackBudget = At
     return manifest
 
 
-@contextlib.contextmanager
 def single_thread():
     """Run torch on one thread (tiny nets: extra threads only add contention), then restore."""
-    import torch
+    from verifier.threads import cpu_threads
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    return cpu_threads(1)
 
 
 def _build_all(out: Path, planted: list[Planted], clean: list[Clean], timeout: float, budget: AttackBudget,
