@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from verifier.shared_data import benchmarks_root
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -31,7 +33,6 @@ FAKE_CLI = r'''#!{python}
 """Fake nnverify: behaves as plan.json (beside it) says for the property's stem."""
 import json, subprocess, sys, time
 from pathlib import Path
-from verifier.shared_data import benchmarks_root
 
 here = Path(__file__).resolve().parent
 args = sys.argv[1:]
