@@ -90,18 +90,31 @@ def bundle(claim: Claim, items: list[AuditItem], jobs, timeout: float, blobs) ->
     re-checks it after unzipping."""
     with tempfile.TemporaryDirectory(prefix="nnverify-audit-") as tmp:
         base = Path(tmp)
-        report = report_of(claim, items, jobs, timeout)
-        report["evidence"] = evidence_files(claim, base)
-        _write_evidence(base, jobs, blobs)
-        pictures = counterexample_pictures(claim, report, base)
-        total = sum(r["verdict"] == "violated" for r in report["samples"])
-        write_report(report, base, Extras(None, pictures, claim.sample_shape, total))
-        buf = Path(tmp) / "bundle.zip"
+        _lay_out(claim, items, jobs, timeout, blobs, base)
+        buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
             for path in sorted(base.rglob("*")):
-                if path.is_file() and path != buf:
+                if path.is_file():
                     z.write(path, path.relative_to(base).as_posix())
-        return buf.read_bytes()
+        return buf.getvalue()
+
+
+def html_of(claim: Claim, items: list[AuditItem], jobs, timeout: float, blobs) -> str:
+    """The self-contained HTML report (counterexample pictures included; the IBP tightness table
+    needs torch and is left to ``nnverify audit`` run locally)."""
+    with tempfile.TemporaryDirectory(prefix="nnverify-audit-") as tmp:
+        _lay_out(claim, items, jobs, timeout, blobs, Path(tmp))
+        return (Path(tmp) / "report.html").read_text()
+
+
+def _lay_out(claim: Claim, items: list[AuditItem], jobs, timeout: float, blobs, base: Path) -> None:
+    """Write the report (JSON and HTML) and its evidence under ``base``, as ``nnverify audit`` does."""
+    report = report_of(claim, items, jobs, timeout)
+    report["evidence"] = evidence_files(claim, base)
+    _write_evidence(base, jobs, blobs)
+    pictures = counterexample_pictures(claim, report, base)
+    total = sum(r["verdict"] == "violated" for r in report["samples"])
+    write_report(report, base, Extras(None, pictures, claim.sample_shape, total))
 
 
 def _write_evidence(base: Path, jobs, blobs) -> None:
@@ -114,11 +127,3 @@ def _write_evidence(base: Path, jobs, blobs) -> None:
             (ev / "certificates" / f"{job.item_key}.json").write_bytes(blobs.get(job.certificate_sha256))
         if job.counterexample_sha256:
             (ev / "counterexamples" / f"{job.item_key}.json").write_bytes(blobs.get(job.counterexample_sha256))
-
-
-def html_of(claim: Claim, items: list[AuditItem], jobs, timeout: float, blobs) -> str:
-    """The self-contained HTML report (counterexample pictures included; the IBP tightness table
-    needs torch and is left to ``nnverify audit`` run locally)."""
-    data = bundle(claim, items, jobs, timeout, blobs)
-    with zipfile.ZipFile(io.BytesIO(data)) as z:
-        return z.read("report.html").decode()

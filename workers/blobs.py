@@ -39,6 +39,3 @@ class Blobs:
     def get(self, sha: str) -> bytes:
         """The bytes of blob ``sha`` (FileNotFoundError when absent)."""
         return self.path(sha).read_bytes()
-
-    def exists(self, sha: str) -> bool:
-        return self.path(sha).exists()

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 import secrets
 import uuid
 from pathlib import Path
@@ -225,7 +224,3 @@ def _sqlite_pragmas(conn, _record) -> None:
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
-
-
-def dumps(value) -> str:
-    return json.dumps(value, default=float)

@@ -92,11 +92,7 @@ def write_onnx(layers, path: str | Path) -> Path:
     y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", layers[-1][0].shape[0]])
     model = helper.make_model(helper.make_graph(nodes, "digits_mlp", [x], [y], inits),
                               opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    path = Path(path)
-    path.write_bytes(model.SerializeToString())
-    return path
+    return _save(model, path)
 
 
 def write_conv_onnx(path: str | Path, seed: int = 0, n_classes: int = 10) -> Path:
@@ -114,6 +110,11 @@ def write_conv_onnx(path: str | Path, seed: int = 0, n_classes: int = 10) -> Pat
     y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, n_classes])
     model = helper.make_model(helper.make_graph(nodes, "conv8", [x], [y], inits),
                               opset_imports=[helper.make_opsetid("", 13)])
+    return _save(model, path)
+
+
+def _save(model, path: str | Path) -> Path:
+    """Check ``model`` (IR version 8) and write it to ``path``."""
     model.ir_version = 8
     onnx.checker.check_model(model)
     path = Path(path)

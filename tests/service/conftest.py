@@ -5,7 +5,7 @@ import uuid
 
 import pytest
 
-from service_stack import FAST, clear_prefix, redis_or_fail
+from service_stack import FAST, clear_prefix, redis_or_fail, running_stack
 from workers.stack import LocalStack
 
 
@@ -34,14 +34,5 @@ def make_stack(tmp_path_factory):
 @pytest.fixture(scope="module")
 def shared_stack(tmp_path_factory):
     """One stack with two worker processes for the tests that only read and submit."""
-    redis_or_fail()
-    prefix = f"t{uuid.uuid4().hex[:10]}:"
-    stack = LocalStack(tmp_path_factory.mktemp("shared"), {"NNVERIFY_QUEUE_PREFIX": prefix, **FAST})
-    stack.prefix = prefix
-    try:
-        stack.start_api()
-        stack.start_worker(concurrency=2)
+    with running_stack(tmp_path_factory.mktemp("shared"), concurrency=2) as stack:
         yield stack
-    finally:
-        stack.stop()
-        clear_prefix(prefix)

@@ -6,7 +6,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from service_stack import EXAMPLES, client_for
+from service_stack import EXAMPLES, client_for, running_stack
 from workers.events import Keys, client, registered_workers
 
 MODEL, HOLDS = EXAMPLES / "mlp.onnx", EXAMPLES / "robust.vnnlib"
@@ -15,22 +15,8 @@ LIMIT = 200_000   # model upload bytes accepted by this module's stack
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    import uuid
-
-    from service_stack import FAST, clear_prefix, redis_or_fail
-    from workers.stack import LocalStack
-
-    redis_or_fail()
-    prefix = f"t{uuid.uuid4().hex[:10]}:"
-    st = LocalStack(tmp_path_factory.mktemp("hostile"), {"NNVERIFY_QUEUE_PREFIX": prefix, **FAST,
-                                                         "NNVERIFY_MAX_MODEL_BYTES": str(LIMIT)})
-    try:
-        st.start_api()
-        st.start_worker(concurrency=1)
+    with running_stack(tmp_path_factory.mktemp("hostile"), {"NNVERIFY_MAX_MODEL_BYTES": str(LIMIT)}) as st:
         yield st
-    finally:
-        st.stop()
-        clear_prefix(prefix)
 
 
 @pytest.fixture(scope="module")
