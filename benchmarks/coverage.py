@@ -31,7 +31,7 @@ from verifier.shared_data import benchmarks_root
 
 ROOT = benchmarks_root()
 RESULTS = Path(__file__).resolve().parent / "results" / "coverage"
-NEW_OPS = ("mul", "matmul", "pow", "sin", "cos", "exp", "reciprocal", "sqrt")
+NEW_OPS = ("mul", "matmul", "pow", "sin", "cos", "exp", "reciprocal", "sqrt", "erf", "floor", "ceil", "round")
 
 
 @dataclass

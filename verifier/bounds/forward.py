@@ -155,4 +155,5 @@ RULES = {"linear": _linear, "conv": _conv, "affine": _affine, "add": _add, "resh
          "gather": _reindex, "concat": _reindex, "relu": _elementwise, "leaky_relu": _elementwise,
          "sigmoid": _elementwise, "tanh": _elementwise, "sign": _elementwise, "maxpool": _maxpool,
          "mul": bilinear_forward, "matmul": matmul_forward, "pow": _elementwise, "sin": _elementwise, "cos": _elementwise,
-         "exp": _elementwise, "reciprocal": _elementwise, "sqrt": _elementwise}
+         "exp": _elementwise, "reciprocal": _elementwise, "sqrt": _elementwise, "erf": _elementwise,
+         "floor": _elementwise, "ceil": _elementwise, "round": _elementwise}

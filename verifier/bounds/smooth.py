@@ -1,7 +1,7 @@
-"""Bound rules of the S-shaped activations: sigmoid and tanh.
+"""Bound rules of the S-shaped activations: sigmoid, tanh and erf.
 
-Both are increasing, convex on x <= 0 and concave on x >= 0, and point-symmetric about
-(0, c) (c = 1/2 for sigmoid, 0 for tanh). Upper line on [l, u]:
+All are increasing, convex on x <= 0 and concave on x >= 0, and point-symmetric about
+(0, c) (c = 1/2 for sigmoid, 0 for tanh and erf). Upper line on [l, u]:
 
 * u <= 0 (convex part): the chord;
 * l >= 0 (concave part): the tangent at the midpoint;
@@ -11,7 +11,8 @@ Both are increasing, convex on x <= 0 and concave on x >= 0, and point-symmetric
 
 The lower line is the upper line of the reflected interval [-u, -l], reflected back. Lines are
 computed in float64 and rounded outwards to the working dtype (slope rounded, bias corrected
-for the slope rounding over [l, u], then padded and rounded away from f).
+for the slope rounding over [l, u], then padded and rounded away from f). IBP applies f to both
+ends in float64 and rounds outwards.
 """
 from __future__ import annotations
 
@@ -37,7 +38,16 @@ def _tanh_pair(x):
     return t, 1 - t * t
 
 
-_FUNCS = {"sigmoid": (_sigmoid_pair, 0.5), "tanh": (_tanh_pair, 0.0)}
+_TWO_OVER_SQRT_PI = 2 / math.sqrt(math.pi)
+
+
+def _erf_pair(x):
+    """erf and its derivative."""
+    return torch.erf(x), _TWO_OVER_SQRT_PI * torch.exp(-x * x)
+
+
+_FUNCS = {"sigmoid": (_sigmoid_pair, 0.5), "tanh": (_tanh_pair, 0.0), "erf": (_erf_pair, 0.0)}
+_PAD = 1e-15    # relative error allowance of the float64 function values
 
 
 def _tangent(fn, d):
@@ -72,7 +82,7 @@ def upper_line(fn, l, u):
     return slope, bias
 
 
-def _round_line(slope, bias, l, u, dtype, upper: bool):
+def round_line(slope, bias, l, u, dtype, upper: bool):
     """Cast a float64 line to ``dtype`` while keeping it on the safe side over [l, u]."""
     s_r = slope.to(dtype)
     ds = slope - s_r.to(torch.float64)
@@ -87,7 +97,19 @@ def _round_line(slope, bias, l, u, dtype, upper: bool):
 
 
 class SmoothOp(ElementwiseOp):
-    """sigmoid / tanh (chosen by ``node.op``)."""
+    """sigmoid / tanh / erf (chosen by ``node.op``)."""
+
+    def ibp(self, node, in_bounds):
+        """f at both ends (the ops are increasing) in float64, padded and rounded outwards."""
+        lo, hi = in_bounds[0]
+        fn, _ = _FUNCS[node.op]
+        f_lo, _ = fn(lo.to(torch.float64))
+        f_hi, _ = fn(hi.to(torch.float64))
+        f_lo, f_hi = f_lo - _PAD * (1 + f_lo.abs()), f_hi + _PAD * (1 + f_hi.abs())
+        out_lo, out_hi = f_lo.to(lo.dtype), f_hi.to(hi.dtype)
+        out_lo = torch.where(out_lo.to(torch.float64) > f_lo, next_float(out_lo, -math.inf), out_lo)
+        out_hi = torch.where(out_hi.to(torch.float64) < f_hi, next_float(out_hi, math.inf), out_hi)
+        return out_lo, out_hi
 
     def relax(self, node, lo, hi, alpha=None):
         """Tangent / chord lines (see module docstring)."""
@@ -96,6 +118,6 @@ class SmoothOp(ElementwiseOp):
         us, ub = upper_line(fn, l64, u64)
         ls, nb = upper_line(fn, -u64, -l64)
         lb = 2 * c - nb
-        us, ub = _round_line(us, ub, l64, u64, lo.dtype, upper=True)
-        ls, lb = _round_line(ls, lb, l64, u64, lo.dtype, upper=False)
+        us, ub = round_line(us, ub, l64, u64, lo.dtype, upper=True)
+        ls, lb = round_line(ls, lb, l64, u64, lo.dtype, upper=False)
         return ls, lb, us, ub

@@ -25,7 +25,7 @@ from verifier.check import forward, relaxation
 from verifier.check.interval import INTERVAL, Interval
 from verifier.model.graph import Graph, Node
 
-NONLINEAR = frozenset({"relu", "leaky_relu", "sigmoid", "tanh", "maxpool"})
+NONLINEAR = frozenset({"relu", "leaky_relu", "sigmoid", "tanh", "erf", "floor", "ceil", "round", "maxpool"})
 SUPPORTED = frozenset(INTERVAL)
 FORWARD_MAX_INPUTS = 64  # forward linear bounds (intersected with IBP/CROWN) for inputs this small
 EMPTY_TOL = 1e-9  # relative margin by which l must exceed u before a domain counts as empty
@@ -128,7 +128,9 @@ def _relax(node: Node, p: Pass) -> relaxation.Relaxation:
         return relaxation.relu(l, u, p.alphas.get(node.name))
     if node.op == "leaky_relu":
         return relaxation.leaky_relu(l, u, float(node.attrs["alpha"]))
-    return {"sigmoid": relaxation.sigmoid, "tanh": relaxation.tanh}[node.op](l, u)
+    if node.op in relaxation.STEP_FN:
+        return relaxation.step(node.op, l, u)
+    return {"sigmoid": relaxation.sigmoid, "tanh": relaxation.tanh, "erf": relaxation.erf}[node.op](l, u)
 
 
 def _back_elementwise(node: Node, A: torch.Tensor, p: Pass):
@@ -287,11 +289,31 @@ BACKWARD: dict[str, Callable] = {
     "linear": _back_linear, "conv": _back_conv, "affine": _back_affine, "add": _back_add,
     "reshape": _back_reshape, "gather": _back_gather, "concat": _back_concat, "maxpool": _back_maxpool,
     "relu": _back_elementwise, "leaky_relu": _back_elementwise,
-    "sigmoid": _back_elementwise, "tanh": _back_elementwise,
+    "sigmoid": _back_elementwise, "tanh": _back_elementwise, "erf": _back_elementwise,
+    "floor": _back_elementwise, "ceil": _back_elementwise, "round": _back_elementwise,
     "pow": _back_smooth, "sin": _back_smooth, "cos": _back_smooth, "exp": _back_smooth,
     "reciprocal": _back_smooth, "sqrt": _back_smooth, "mul": _back_mul, "matmul": _back_matmul,
 }
 
+_S_SHAPED = "ends (monotone); tangent / chord lines, min-derivative lines on mixed intervals"
+_STEP = "ends (monotone); hull lines at the midpoint (envelope {}, chords through the step corners, constants)"
+_SMOOTH_RULE = "interval rule; chord-slope parallel lines, intercepts at stationary points"
+# op -> the checker's interval and backward rules, in words (``verifier.bounds.registry.op_rules``)
+CHECK_RULES: dict[str, str] = {
+    "linear": "weights split by sign; exact backward", "conv": "kernel split by sign; exact backward",
+    "affine": "scale split by sign; exact backward", "add": "sum of ends; exact backward",
+    "reshape": "moves both ends; exact backward", "gather": "moves both ends; exact backward",
+    "concat": "moves both ends; exact backward",
+    "relu": "ends (monotone); triangle relaxation, certificate alphas and betas",
+    "leaky_relu": "ends (monotone); chord and line through 0 (slope >= 0 only)",
+    "sigmoid": _S_SHAPED, "tanh": _S_SHAPED, "erf": _S_SHAPED + "; ends padded",
+    "floor": _STEP.format("z - 1 <= floor(z) <= z"), "ceil": _STEP.format("z <= ceil(z) <= z + 1"),
+    "round": _STEP.format("z - 1/2 <= round(z) <= z + 1/2"),
+    "maxpool": "window max of ends; lower at the best lower bound, upper if it dominates",
+    "mul": "corner products; mean McCormick planes", "matmul": "corner products summed; mean McCormick planes",
+    "pow": _SMOOTH_RULE, "sin": _SMOOTH_RULE, "cos": _SMOOTH_RULE, "exp": _SMOOTH_RULE,
+    "reciprocal": _SMOOTH_RULE + "; infinite across 0", "sqrt": _SMOOTH_RULE + "; NaN (rejected) below 0",
+}
 
 
 def backward(graph: Graph, start: str, A: torch.Tensor, p: Pass) -> torch.Tensor:

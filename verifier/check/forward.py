@@ -103,8 +103,10 @@ def _elementwise(node: Node, fn: Fn, l: torch.Tensor, u: torch.Tensor) -> Fn | N
         lines = relaxation.relu(l, u)
     elif node.op == "leaky_relu" and float(node.attrs["alpha"]) >= 0:
         lines = relaxation.leaky_relu(l, u, float(node.attrs["alpha"]))
-    elif node.op in ("sigmoid", "tanh"):
+    elif node.op in ("sigmoid", "tanh", "erf"):
         lines = getattr(relaxation, node.op)(l, u)
+    elif node.op in relaxation.STEP_FN:
+        lines = relaxation.step(node.op, l, u)
     else:
         return None
     sl, il, su, iu = lines
@@ -132,6 +134,6 @@ def step(node: Node, fns: dict[str, Fn], bounds: dict, n: int) -> Fn | None:
         elif node.op == "add":
             a, b = fns[node.inputs[0]], fns[node.inputs[1]]
             out = tuple(x + y for x, y in zip(a, b))
-        elif node.op in ("relu", "leaky_relu", "sigmoid", "tanh"):
+        elif node.op in ("relu", "leaky_relu", "sigmoid", "tanh", "erf", "floor", "ceil", "round"):
             out = _elementwise(node, first, *bounds[node.inputs[0]])
     return out

@@ -118,6 +118,13 @@ def _periodic(peak: float):
     return rule
 
 
+def _erf(node: Node, ins: list[Interval]) -> Interval:
+    """erf (increasing): both ends, padded for float64 error and kept in [-1, 1]."""
+    l, u = ins[0]
+    a, b = torch.erf(l), torch.erf(u)
+    return (a - 1e-15 * (1 + a.abs())).clamp(min=-1.0), (b + 1e-15 * (1 + b.abs())).clamp(max=1.0)
+
+
 def _reciprocal(node: Node, ins: list[Interval]) -> Interval:
     """1 / x: decreasing on each side of 0; unbounded when the interval touches 0."""
     l, u = ins[0]
@@ -154,4 +161,8 @@ INTERVAL: dict[str, Callable[[Node, list[Interval]], Interval]] = {
     "exp": _monotone(lambda node, x: torch.exp(x)),
     "reciprocal": _reciprocal,
     "sqrt": _sqrt,
+    "erf": _erf,
+    "floor": _monotone(lambda node, x: torch.floor(x)),
+    "ceil": _monotone(lambda node, x: torch.ceil(x)),
+    "round": _monotone(lambda node, x: torch.round(x)),   # half to even, as ONNX Round
 }

@@ -2,19 +2,23 @@
 
 Each rule returns (lw, lb, uw, ub), all ``[B, *shape]``, valid for every z in [l, u]. ReLU and
 leaky ReLU take an optional lower slope ``alpha`` (NaN entries mean "default slope").
-Sigmoid and tanh are convex for z <= 0 and concave for z >= 0: on a one-signed interval the
+Sigmoid, tanh and erf are convex for z <= 0 and concave for z >= 0: on a one-signed interval the
 chord bounds one side and the tangent at the midpoint the other; on a mixed interval both lines
 have the smallest derivative on the interval as slope (through f(l) below and f(u) above), which
 holds because f(z) - f(l) >= d_min (z - l) and f(u) - f(z) >= d_min (u - z).
+
+Floor, ceil and round are staircases with unit jumps; see ``step``.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
 
 Relaxation = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 _NARROW = 1e-9  # below this width the chord slope is numerically unreliable: use the d_min lines
+STEEPEST = 1e4  # a step chord steeper than this is replaced by a constant line
 
 
 def _default_slope(l: torch.Tensor, u: torch.Tensor, alpha: torch.Tensor | None, low: float, high: float):
@@ -77,3 +81,50 @@ def sigmoid(l: torch.Tensor, u: torch.Tensor) -> Relaxation:
 def tanh(l: torch.Tensor, u: torch.Tensor) -> Relaxation:
     """Tanh relaxation."""
     return _s_shaped(torch.tanh, lambda z: 1 - torch.tanh(z) ** 2, l, u)
+
+
+def erf(l: torch.Tensor, u: torch.Tensor) -> Relaxation:
+    """Erf relaxation."""
+    scale = 2.0 / math.sqrt(math.pi)
+    return _s_shaped(torch.erf, lambda z: scale * torch.exp(-z * z), l, u)
+
+
+# the value after a jump at p is p + offset: floor's jumps sit at integers (value p), ceil's at
+# integers (value p + 1), round's at half-integers (value p + 1/2)
+STEP_OFFSET = {"floor": 0.0, "ceil": 1.0, "round": 0.5}
+STEP_FN = {"floor": torch.floor, "ceil": torch.ceil, "round": torch.round}
+
+
+def step(op: str, l: torch.Tensor, u: torch.Tensor) -> Relaxation:
+    """Floor / ceil / round (ties to even): z + k - 1 <= f(z) <= z + k with k the op's offset.
+
+    With f(l) = f(u) the op is that constant on [l, u]. Otherwise each line is the supporting line,
+    at the midpoint, of the convex (lower) or concave (upper) hull of both corners of every jump in
+    [l, u] and the two end points: below, the constant f(l) (midpoint before the first jump), the
+    chord from the last jump's lower corner to (u, f(u)) (midpoint after the last jump), else
+    z + k - 1; above, symmetrically, the chord from (l, f(l)) to the first jump's upper corner, the
+    constant f(u), or z + k. Chords steeper than ``STEEPEST`` become constants. Intercepts are padded
+    for float64 error; infinite ends give the envelope lines.
+    """
+    k, fn = STEP_OFFSET[op], STEP_FN[op]
+    finite = torch.isfinite(l) & torch.isfinite(u)
+    l, u = torch.where(finite, l, torch.zeros_like(l)), torch.where(finite, u, torch.zeros_like(u))
+    v_lo, v_hi = fn(l), fn(u)
+    p, q, mid = v_lo + 1 - k, v_hi - k, (l + u) / 2
+    ones = torch.ones_like(l)
+    jump = v_hi > v_lo
+    before, after = jump & (mid < p), jump & (mid > q)
+    up_chord = torch.where(before, 1.0 / torch.where(before, p - l, ones), ones)
+    lo_chord = torch.where(after, 1.0 / torch.where(after, u - q, ones), ones)
+    up_const = ~jump | after | (before & (up_chord > STEEPEST))
+    lo_const = ~jump | before | (after & (lo_chord > STEEPEST))
+    uw = torch.where(up_const, 0.0 * ones, torch.where(before, up_chord, ones))
+    ub = torch.where(up_const, v_hi, torch.where(before, v_lo - up_chord * l, k * ones))
+    lw = torch.where(lo_const, 0.0 * ones, torch.where(after, lo_chord, ones))
+    lb = torch.where(lo_const, v_lo, torch.where(after, v_hi - lo_chord * u, (k - 1) * ones))
+    reach = torch.maximum(l.abs(), u.abs())
+    ub = ub + 1e-12 * (1 + ub.abs() + uw.abs() * reach)
+    lb = lb - 1e-12 * (1 + lb.abs() + lw.abs() * reach)
+    lw, uw = torch.where(finite, lw, ones), torch.where(finite, uw, ones)
+    lb, ub = torch.where(finite, lb, (k - 1) * ones), torch.where(finite, ub, k * ones)
+    return lw, lb, uw, ub

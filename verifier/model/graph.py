@@ -30,6 +30,9 @@ pow                 x           attrs: exponent (int >= 2)              x ** exp
 sin, cos, exp       x           -                                       elementwise
 reciprocal          x           -                                       1 / x (bounds refuse 0 in range)
 sqrt                x           -                                       sqrt(x) (bounds refuse x < 0)
+erf                 x           -                                       elementwise (Gelu's erf)
+floor, ceil         x           -                                       elementwise steps
+round               x           -                                       nearest integer, half to even
 ==================  ==========  ======================================  ==============================
 
 ``gather`` carries every pure re-indexing op (Transpose, Slice, Pad, Squeeze, Unsqueeze, Gather
@@ -38,7 +41,11 @@ BatchNormalization and constant Add lower to ``affine``; Clip lowers to relus; A
 grouped ``conv``; MatMul of two variables to ``matmul`` (rank >= 3 with batch 1)
 or gathers + ``mul`` + a summing ``linear``; Div by a
 variable to ``reciprocal`` + ``mul``; Softmax to pairwise differences (``linear``), ``exp``, a
-summing ``linear`` and ``reciprocal`` (softmax_i = 1 / sum_j exp(x_j - x_i)).
+summing ``linear`` and ``reciprocal`` (softmax_i = 1 / sum_j exp(x_j - x_i)); Abs, Max and Min
+(variadic, of variables and constants) and ReduceMax (a pairwise tournament) to relus
+(max(a, b) = a + relu(b - a)); LayerNormalization to a centring ``linear``, ``pow`` 2, a mean
+``linear`` + epsilon, ``sqrt``, ``reciprocal``, ``mul`` and ``affine``; ReduceL2 to ``pow`` 2, a
+summing ``linear`` and ``sqrt``; Gelu to ``erf`` (or ``tanh``) and ``mul``.
 The graph is never mutated after loading: bound propagation returns values.
 """
 from __future__ import annotations

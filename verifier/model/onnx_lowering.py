@@ -1,220 +1,28 @@
-"""Lowering of ONNX nodes with a variable input to canonical nodes: ``Builder`` and ``ONNX_OPS``.
+"""Lowering of ONNX nodes with a variable input to canonical nodes: the ``ONNX_OPS`` registry.
 
-Values are tracked with their full ONNX shape (batch dim of size 1 included): a value whose
-shape has rank >= 2 and a leading 1 is *batched*, and its canonical per-sample shape drops that
-dim; otherwise the per-sample shape is the whole ONNX shape. Since the ONNX view has batch 1,
-pure re-indexing ops (Transpose, Slice, Reshape, ...) are lowered exactly by applying the ONNX
-op itself to an array of flat indices and emitting one canonical ``gather``.
+The shared state (``Var``, ``Builder``) is in ``onnx_builder``; the max-like and normalising ops
+(Abs, Max, Min, ReduceMax, ReduceL2, LayerNormalization, Gelu) in ``onnx_reduce``. Since the
+ONNX view has batch 1, pure re-indexing ops (Transpose, Slice, Reshape, ...) are lowered exactly
+by applying the ONNX op itself to an array of flat indices and emitting one canonical ``gather``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-import onnx
 import torch
-from onnx.reference import ReferenceEvaluator
 
-from verifier.model.graph import Node
-from verifier.model.onnx_file import ModelLoadError
-
-
-class NodeUnsupported(Exception):
-    """Raised by a lowering function: this node cannot be lowered (reason in args[0])."""
-
-
-@dataclass(frozen=True)
-class Var:
-    """A variable (input-dependent) tensor: canonical value ``name`` with full ONNX ``shape``."""
-
-    name: str
-    shape: tuple[int, ...]
-
-    @property
-    def batched(self) -> bool:
-        """Whether the leading dim is the (size-1) batch dim."""
-        return is_batched(self.shape)
-
-    @property
-    def cshape(self) -> tuple[int, ...]:
-        """Canonical per-sample shape."""
-        return self.shape[1:] if self.batched else self.shape
-
-    @property
-    def size(self) -> int:
-        """Number of scalars."""
-        return int(np.prod(self.shape, dtype=np.int64))
-
-
-def is_batched(shape) -> bool:
-    """The batch rule: rank >= 2 and a leading dim of 1."""
-    return len(shape) >= 2 and shape[0] == 1
-
-
-FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
-                onnx.TensorProto.BFLOAT16}
-
-
-class Builder:
-    """Accumulates canonical nodes while the ONNX graph is walked."""
-
-    def __init__(self, opsets: dict[str, int], max_params: int):
-        self.nodes: list[Node] = []
-        self.names: set[str] = set()
-        self.folded: list[str] = []
-        self.opsets = opsets
-        self.max_params = max_params
-
-    @property
-    def opset(self) -> int:
-        """The default-domain opset version."""
-        return self.opsets.get("", self.opsets.get("ai.onnx", 13))
-
-    def fresh(self, base: str) -> str:
-        """A unique canonical value name derived from ``base``."""
-        base = base or "v"
-        name, k = base, 1
-        while name in self.names:
-            name, k = f"{base}_{k}", k + 1
-        self.names.add(name)
-        return name
-
-    def emit(self, base: str, op: str, inputs: list[Var], shape, params=None, attrs=None) -> Var:
-        """Append one canonical node; ``shape`` is the full ONNX shape of its output."""
-        shape = tuple(int(d) for d in shape)
-        var = Var(self.fresh(base), shape)
-        params = {k: (None if v is None else torch.as_tensor(np.array(v, copy=True)))
-                  for k, v in (params or {}).items()}
-        for k, v in params.items():
-            if v is not None and v.is_floating_point():
-                params[k] = v.float()
-        self.nodes.append(Node(var.name, op, tuple(i.name for i in inputs), var.cshape, params, attrs or {}))
-        return var
-
-    def evaluate(self, node: onnx.NodeProto, values: list) -> list[np.ndarray]:
-        """Evaluate one ONNX node on numpy inputs with the ONNX reference implementation."""
-        _guard_size(node, values, self.max_params)
-        feeds = {n: np.asarray(v) for n, v in zip(node.input, values) if n}
-        try:
-            outs = ReferenceEvaluator(self._single_node_model(node, feeds)).run(None, feeds)
-        except Exception as exc:  # the reference evaluator raises many types
-            raise NodeUnsupported(f"cannot evaluate ({type(exc).__name__}: {str(exc)[:80]})") from exc
-        return [np.asarray(o) for o in outs]
-
-    def _single_node_model(self, node: onnx.NodeProto, feeds: dict) -> onnx.ModelProto:
-        """A one-node model (so the reference evaluator picks the op version of our opset)."""
-        h = onnx.helper
-        inputs = [h.make_tensor_value_info(k, h.np_dtype_to_tensor_dtype(v.dtype), None) for k, v in feeds.items()]
-        outputs = [h.make_value_info(o, onnx.TypeProto()) for o in node.output if o]
-        graph = h.make_graph([node], "fold", inputs, outputs)
-        return h.make_model(graph, opset_imports=[h.make_opsetid(d, v) for d, v in self.opsets.items()])
-
-    def reindex(self, x: Var, index: np.ndarray, base: str) -> Var:
-        """``out.flat[k] = x.flat[index.flat[k]]`` (-1 -> 0) as a reshape or gather node."""
-        raw = np.asarray(index)
-        index = raw.astype(np.int64)
-        if not np.array_equal(index, raw) or (index.size and (index.min() < -1 or index.max() >= x.size)):
-            raise NodeUnsupported("re-indexing produced invalid positions")
-        shape = tuple(index.shape)
-        if index.size == x.size and np.array_equal(index.reshape(-1), np.arange(x.size)):
-            if Var("", shape).cshape == x.cshape:
-                return Var(x.name, shape)
-            return self.emit(base, "reshape", [x], shape)
-        out = Var("", shape)
-        return self.emit(base, "gather", [x], shape, {"index": index.reshape(out.cshape)})
-
-    def affine(self, x: Var, scale, bias, base: str) -> Var:
-        """``x * scale + bias`` with constants broadcast against the full ONNX shape of x."""
-        scale = np.ones((), np.float32) if scale is None else np.asarray(scale, np.float32)
-        bias = np.zeros((), np.float32) if bias is None else np.asarray(bias, np.float32)
-        out_shape = np.broadcast_shapes(x.shape, scale.shape, bias.shape)
-        if tuple(out_shape) != x.shape:
-            x = self.expand(x, out_shape, base)
-        return self.emit(base, "affine", [x], x.shape,
-                         {"scale": _compact(scale, x), "bias": _compact(bias, x)})
-
-    def expand(self, x: Var, shape, base: str) -> Var:
-        """Broadcast x to the full ONNX ``shape`` (a gather)."""
-        return self.reindex(x, np.broadcast_to(_index(x), tuple(shape)), base)
-
-    def const_var(self, ref: Var, value: np.ndarray, base: str) -> Var:
-        """A constant tensor as a canonical value (zeros gathered from ``ref``, plus a bias)."""
-        value = np.asarray(value, np.float32)
-        zeros = self.reindex(ref, np.full(value.shape, -1, np.int64), base)
-        return self.affine(zeros, None, value, base)
-
-
-def _compact(c: np.ndarray, x: Var) -> np.ndarray:
-    """Broadcast constant ``c`` to x's per-sample shape, keeping size 1 along constant axes."""
-    full = np.broadcast_to(c, x.shape)
-    if x.batched:
-        full = full[0]
-    for axis in range(full.ndim):
-        first = full.take([0], axis=axis)
-        if np.array_equal(full, np.broadcast_to(first, full.shape)):
-            full = first
-    return np.ascontiguousarray(full, dtype=np.float32)
-
-
-def _guard_size(node, values, max_params: int) -> None:
-    """Refuse to fold ops whose output would exceed ``max_params`` elements."""
-    if node.op_type == "ConstantOfShape" and values and values[0] is not None:
-        n = int(np.prod(np.asarray(values[0], np.float64)))
-    elif node.op_type == "Expand" and len(values) > 1:
-        n = int(np.prod(np.broadcast_shapes(np.shape(values[0]), tuple(int(d) for d in values[1])), dtype=np.float64))
-    elif node.op_type == "Tile" and len(values) > 1:
-        n = int(np.size(values[0]) * np.prod(np.asarray(values[1], np.float64)))
-    elif node.op_type == "Range" and len(values) == 3:
-        n = int(np.ceil((float(values[1]) - float(values[0])) / float(values[2]) if float(values[2]) else 0))
-    else:
-        return
-    if n > max_params:
-        raise ModelLoadError(f"node {node.name or node.op_type} would create {n} elements (> max_params {max_params})")
+from verifier.model.onnx_builder import FLOAT_TYPES, Builder, NodeUnsupported, Var
+from verifier.model.onnx_builder import constant as _const
+from verifier.model.onnx_builder import flat_index as _index
+from verifier.model.onnx_builder import linear_last as _linear
+from verifier.model.onnx_builder import reduce_axes, reduced_last, reduced_shape
+from verifier.model.onnx_builder import variable as _var
+from verifier.model.onnx_reduce import REDUCE_OPS
 
 
 # ---------------------------------------------------------------------------------------------
-# lowering helpers
-
-
-def _var(x, what: str = "operand") -> Var:
-    """``x`` as a Var, or unsupported."""
-    if not isinstance(x, Var):
-        raise NodeUnsupported(f"{what} must depend on the input")
-    return x
-
-
-def _const(x, what: str = "operand") -> np.ndarray:
-    """``x`` as a constant, or unsupported."""
-    if isinstance(x, Var):
-        raise NodeUnsupported(f"{what} must be constant")
-    if x is None:
-        raise NodeUnsupported(f"missing {what}")
-    return np.asarray(x)
-
-
-def _index(x: Var) -> np.ndarray:
-    """Flat positions of x, shaped like x."""
-    return np.arange(x.size, dtype=np.int64).reshape(x.shape)
-
-
-def _linear(b: Builder, x: Var, weight: np.ndarray, bias, base: str) -> Var:
-    """``x @ weight.T + bias`` on the last axis (bias broadcast against the output shape)."""
-    if not x.shape:
-        raise NodeUnsupported("matrix product of a scalar")
-    out_shape = x.shape[:-1] + (weight.shape[0],)
-    vec, extra = None, None
-    if bias is not None:
-        bias = np.asarray(bias, np.float64)
-        if tuple(np.broadcast_shapes(out_shape, bias.shape)) != out_shape:
-            raise NodeUnsupported("bias broadcasts beyond the product's shape")
-        rows = np.broadcast_to(bias, out_shape).reshape(-1, weight.shape[0])
-        if (rows == rows[:1]).all():
-            vec = rows[0]
-        else:
-            extra = bias
-    y = b.emit(base, "linear", [x], out_shape, {"weight": np.asarray(weight, np.float32), "bias": vec})
-    return b.affine(y, None, extra, base) if extra is not None else y
+# window helpers
 
 
 def _spatial_pads(at: dict, spatial, kernel, strides, dilations) -> list[int]:
@@ -581,23 +389,14 @@ def _lower_concat(b, node, ins, at):
 def _lower_reduce(b, node, ins, at):
     """ReduceSum / ReduceMean: gather the reduced axes last, then a linear with ones."""
     x, base = _var(ins[0]), node.output[0]
-    axes = at.get("axes")
-    if axes is None and len(ins) > 1 and ins[1] is not None:
-        axes = _const(ins[1], "axes").tolist()
-    rank = len(x.shape)
-    if not axes:
-        if at.get("noop_with_empty_axes", 0):
-            return [x]
-        axes = list(range(rank))
-    axes = sorted({int(a) % rank for a in axes})
-    kept = [d for d in range(rank) if d not in axes]
-    idx = np.transpose(_index(x), kept + axes)
-    width = int(np.prod([x.shape[a] for a in axes]))
-    g = b.reindex(x, idx.reshape([x.shape[d] for d in kept] + [width]), base)
+    axes = reduce_axes(x, ins, at)
+    if axes is None:
+        return [x]
+    g = reduced_last(b, x, axes, base)
+    width = g.shape[-1]
     scale = 1.0 / width if node.op_type == "ReduceMean" else 1.0
     y = _linear(b, g, np.full((1, width), scale), None, base)
-    shape = [1 if d in axes else x.shape[d] for d in range(rank)] if at.get("keepdims", 1) else [x.shape[d] for d in kept]
-    return [b.reindex(y, _index(y).reshape(shape), base)]
+    return [b.reindex(y, _index(y).reshape(reduced_shape(x, axes, at.get("keepdims", 1))), base)]
 
 
 def _lower_identity(b, node, ins, at):
@@ -778,4 +577,9 @@ ONNX_OPS: dict[str, Callable] = {
     "Cast": _lower_cast,
     "Shape": _lower_shape,
     "Size": _lower_shape,
+    "Erf": _activation("erf"),
+    "Floor": _activation("floor"),
+    "Ceil": _activation("ceil"),
+    "Round": _activation("round"),
+    **REDUCE_OPS,   # Abs, Max, Min, ReduceMax, ReduceMin, ReduceL2, LayerNormalization, Gelu
 }

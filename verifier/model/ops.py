@@ -85,6 +85,10 @@ FORWARD: dict[str, ForwardFn] = {
     "exp": lambda node, xs: torch.exp(xs[0]),
     "reciprocal": lambda node, xs: torch.reciprocal(xs[0]),
     "sqrt": lambda node, xs: torch.sqrt(xs[0]),
+    "erf": lambda node, xs: torch.erf(xs[0]),
+    "floor": lambda node, xs: torch.floor(xs[0]),
+    "ceil": lambda node, xs: torch.ceil(xs[0]),
+    "round": lambda node, xs: torch.round(xs[0]),   # half to even, as ONNX Round
 }
 
 
