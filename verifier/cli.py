@@ -34,16 +34,17 @@ def _stdout_for_results():
         os.close(saved)
 
 
-def _watchdog(seconds: float, result_file: str | None, as_json: bool, started: float, out_fd: int) -> threading.Timer:
+def _watchdog(seconds: float, result_file: str | None, as_json: bool, started: float, out_fd: int,
+              word: str = "timeout") -> threading.Timer:
     """A hard stop: if verification overruns its budget, report timeout and exit at once."""
 
     def fire():
-        _write(result_file, "timeout\n")
+        _write(result_file, word + "\n")
         if as_json:
             text = json.dumps({"verdict": "timeout", "result": "timeout", "reason": "watchdog: budget overrun",
                                "time": round(time.monotonic() - started, 3)})
         else:
-            text = "timeout"
+            text = word
         os.write(out_fd, (text + "\n").encode())
         os._exit(0)
 
@@ -54,20 +55,31 @@ def _watchdog(seconds: float, result_file: str | None, as_json: bool, started: f
 
 
 def cmd_verify(args) -> int:
-    """Verify one (model, spec) pair and print the VNN-COMP result block (or JSON)."""
+    """Verify one (model, spec) pair or a 2.0 query; print the result block (or JSON)."""
     from verifier.config import VerifyConfig
     from verifier.portfolio import verify
     from verifier.result import Verdict
 
+    try:
+        query, networks = _query_args(args)
+    except ValueError as exc:
+        print(f"nnverify: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     budget = args.timeout - (time.monotonic() - args.started)
     config = VerifyConfig(timeout=max(budget - 0.3, 0.1), method=args.method,
                           check_certificates=not args.no_check)
     with _stdout_for_results() as out_fd:
-        timer = _watchdog(budget - 0.05, args.result_file, args.json, args.started, out_fd)
-        result = verify(args.model, args.spec, config)
+        timer = _watchdog(budget - 0.05, args.result_file, args.json, args.started, out_fd,
+                          "timed-out" if query else "timeout")
+        if query:
+            from verifier.query import verify_query
+
+            result, compiled = verify_query(query, networks, config, float_as_real=args.float_as_real)
+        else:
+            result, compiled = verify(args.paths[0], args.paths[1], config), None
         timer.cancel()
     result.timings["process"] = time.monotonic() - args.started
-    text = result.vnncomp_text()
+    text = _query_text(result, compiled) if query else result.vnncomp_text()
     _write(args.result_file, text)
     _write_evidence(result, args.certificate, args.counterexample)
     if args.json:
@@ -80,6 +92,59 @@ def cmd_verify(args) -> int:
         print(f"nnverify: error: {result.reason}", file=sys.stderr)
         return EXIT_ERROR
     return 0
+
+
+def _query_args(args) -> tuple[str | None, dict[str, str]]:
+    """(2.0 query path or None, network name -> ONNX path) from ``verify``/``check`` positionals.
+
+    ``QUERY --network NAME=PATH ...`` is a 2.0 query; ``MODEL SPEC`` is a 1.0 pair, or a 2.0 query
+    with one network when SPEC starts with a ``(vnnlib-version <2.0>)`` header.
+    """
+    from verifier.spec.vnnlib2 import version_of
+
+    networks = {}
+    for item in args.network or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--network takes NAME=PATH, got {item!r}")
+        networks[name] = path
+    paths = list(args.paths)
+    if networks:
+        if len(paths) != args.n_positional - 1:
+            raise ValueError(f"with --network give the query file only ({len(paths)} paths given)")
+        return paths[0], networks
+    if len(paths) != args.n_positional:
+        raise ValueError(f"expected MODEL SPEC (VNN-LIB 1.0) or QUERY --network NAME=PATH (2.0), got {len(paths)} paths")
+    try:
+        with open(paths[1], "rb") as fh:
+            head = fh.read(4096)
+    except OSError:
+        return None, {}      # the loader reports the missing file in the usual way
+    if version_of(head) is None:
+        return None, {}
+    from verifier.spec.vnnlib2 import QueryError, load_query
+
+    try:
+        names = [n.name for n in load_query(paths[1]).networks if not n.equal_to]
+    except QueryError as exc:
+        raise ValueError(str(exc)) from None
+    if len(names) != 1:
+        raise ValueError(f"the query declares networks {names}: bind each with --network NAME=PATH")
+    return paths[1], {names[0]: paths[0]}
+
+
+_QUERY_WORDS = {"holds": "unsat", "violated": "sat", "timeout": "timed-out", "unknown": "unknown", "error": "unknown"}
+
+
+def _query_text(result, compiled) -> str:
+    """The 2.0 verifier-interface result: one word, and on ``sat`` the witness lines."""
+    word = _QUERY_WORDS[result.verdict.value]
+    if word == "sat" and result.counterexample is not None:
+        from verifier.query import witness_lines
+
+        lines = witness_lines(compiled, result.counterexample.x, result.counterexample.y)
+        return "sat\n" + "\n".join(lines) + "\n"
+    return word + "\n"
 
 
 def _write_evidence(result, certificate_path: str | None, counterexample_path: str | None) -> None:
@@ -125,7 +190,17 @@ def cmd_check(args) -> int:
     """Re-validate a certificate with the independent float64 checker."""
     from verifier.check import check_files
 
-    report = check_files(args.model, args.spec, args.certificate, strict=args.strict)
+    try:
+        query, networks = _query_args(args)
+    except ValueError as exc:
+        print(f"nnverify: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    if query:
+        from verifier.query import check_query
+
+        report = check_query(query, networks, args.paths[-1], strict=args.strict, float_as_real=args.float_as_real)
+    else:
+        report = check_files(args.paths[0], args.paths[1], args.paths[2], strict=args.strict)
     print(f"{'ok' if report.ok else 'REJECTED'}: {report.leaves} leaves checked in {report.time:.3f}s")
     for line in report.reasons:
         print(f"  reason: {line}")
@@ -162,6 +237,9 @@ def cmd_inspect(args) -> int:
     print(f"input {info['input_shape']} ({info['n_inputs']} values) -> output {info['output_shape']}; "
           f"{len(info['nodes'])} nodes, {info['parameters']} parameters")
     print("ops: " + ", ".join(f"{op} x{k}" for op, k in info["ops"].items()))
+    print("bound rules (IBP | CROWN | checker):")
+    for op, rule in info["rules"].items():
+        print(f"  {op:<11} {rule['ibp']} | {rule['crown']} | {rule['checker']}")
     for n in info["nodes"]:
         print(f"  {n['op']:<11} {str(n['shape']):<18} {n['name']}  <- {', '.join(n['inputs'])}")
     print(f"loader log ({len(info['folded'])} entries):")
@@ -179,12 +257,14 @@ def _inspect_model(model) -> dict:
     """The lowered graph as plain data: shapes, op counts, parameters, nodes, the loader log."""
     from collections import Counter
 
+    from verifier.bounds.registry import op_rules
+
     g = model.graph
     return {"input_shape": list(g.input_shape), "n_inputs": g.n_inputs, "output_shape": list(g.output_shape),
             "parameters": sum(t.numel() for n in g.nodes for t in n.params.values() if t is not None),
             "ops": dict(sorted(Counter(n.op for n in g.nodes).items())),
             "nodes": [{"name": n.name, "op": n.op, "shape": list(n.shape), "inputs": list(n.inputs)} for n in g.nodes],
-            "folded": list(model.folded)}
+            "folded": list(model.folded), "rules": op_rules(g)}
 
 
 def _inspect_spec(model, spec_path: str) -> dict:
@@ -217,9 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     ap = argparse.ArgumentParser(prog="nnverify", description="Neural-network verification (ONNX + VNN-LIB).")
     sub = ap.add_subparsers(dest="command", required=True)
-    v = sub.add_parser("verify", help="verify a property; prints the VNN-COMP result block")
-    v.add_argument("model")
-    v.add_argument("spec")
+    v = sub.add_parser("verify", help="verify MODEL SPEC (VNN-LIB 1.0) or QUERY --network NAME=PATH (VNN-LIB 2.0)")
+    v.add_argument("paths", nargs="+", metavar="MODEL SPEC | QUERY")
+    v.add_argument("--network", action="append", metavar="NAME=PATH", help="bind a network of a 2.0 query (repeat)")
+    v.add_argument("--float-as-real", action="store_true",
+                   help="2.0 queries: decide float32/float64 declarations under real arithmetic (see docs/vnnlib2.md)")
+    v.set_defaults(n_positional=2)
     v.add_argument("--timeout", type=float, default=60.0, help="wall-clock budget in seconds (default 60)")
     v.add_argument("--result-file", help="also write the VNN-COMP result block to this file")
     v.add_argument("--json", action="store_true", help="print the full result as JSON")
@@ -238,16 +321,19 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("spec", nargs="?", help="VNN-LIB property: adds unstable-neuron count and route")
     i.add_argument("--json", action="store_true", help="print the report as JSON")
     i.set_defaults(func=cmd_inspect)
-    c = sub.add_parser("check", help="re-validate a holds certificate with the independent float64 checker")
-    c.add_argument("model")
-    c.add_argument("spec")
-    c.add_argument("certificate")
+    c = sub.add_parser("check", help="re-validate a holds certificate: MODEL SPEC CERT, or QUERY CERT --network NAME=PATH")
+    c.add_argument("paths", nargs="+", metavar="MODEL SPEC CERT | QUERY CERT")
+    c.add_argument("--network", action="append", metavar="NAME=PATH", help="bind a network of a 2.0 query (repeat)")
+    c.add_argument("--float-as-real", action="store_true",
+                   help="2.0 queries: decide float32/float64 declarations under real arithmetic (see docs/vnnlib2.md)")
+    c.set_defaults(n_positional=3)
     c.add_argument("--strict", action="store_true", help="also reject leaves whose claimed bound exceeds the re-derived one")
     c.set_defaults(func=cmd_check)
     sb = sub.add_parser("soundness", help="soundness suite: `generate DIR [--tier ci|nightly]` or `run DIR`")
     sb.add_argument("action", choices=["generate", "run"])
     sb.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of the action (see --help of each)")
     sb.set_defaults(func=cmd_soundness)
+    from verifier.supports import register as register_supports; register_supports(sub, ap)  # noqa: E702
     from verifier.audit.cli import register as register_audit; register_audit(sub)  # noqa: E702 -- audit commands
     from verifier.nap_cli import register as register_nap; register_nap(sub)  # noqa: E702 -- nap mine / verify, explain
     return ap

@@ -123,7 +123,7 @@ def load_inputs(model, spec):
     from verifier.model.onnx_loader import ModelLoadError, UnsupportedModelError, load_onnx
     from verifier.spec.vnnlib import VnnlibError, load_vnnlib
 
-    spec_sha256 = ""
+    spec_sha256 = getattr(spec, "sha256", "")
     try:
         if isinstance(model, (str, Path)):
             model = load_onnx(str(model))
@@ -307,7 +307,7 @@ def _split_weak_leaves(run: Run, weak) -> bool:
         halves = []
         for lo, hi in ((leaf.lower, low_upper), (high_lower, leaf.upper)):
             out = input_split(engine, run.model.graph, lo, hi, poly.A, poly.b, lambda x: None, run.deadline,
-                              run.config.bab, device=run.device)
+                              run.config.bab, device=run.device, aux=poly.aux)
             if out.status != "holds":
                 return False
             halves.append(out.log.tree())
@@ -471,14 +471,14 @@ def step_bab(run: Run) -> bool:
     search, method = (input_split, "bab-input") if by_input else (relu_split, "bab-relu")
     run.note(f"bab: {method} ({graph.n_inputs} inputs)")
     runner, engine = _runner(run), _engine(run)
-    check = lambda x: validate(runner, run.spec, x, "bab", exact_inputs=run.config.exact_inputs)
+    check = _exact(run, lambda x: validate(runner, run.spec, x, "bab", exact_inputs=run.config.exact_inputs))
     t0 = time.monotonic()
     try:
         for goal in run.open_goals():
             reg = run.spec.regions[goal.region]
             poly = reg.unsafe[goal.polytope]
             extra = {"falsify": [(p.A, p.b) for p in reg.unsafe], "workers": _workers(run), "offload": run.offload,
-                     "goal": (goal.region, goal.polytope)} if by_input else {}
+                     "goal": (goal.region, goal.polytope), "aux": poly.aux} if by_input else {}
             out = search(engine, graph, reg.lower, reg.upper, poly.A, poly.b, check, run.deadline, run.config.bab,
                          device=run.device, progress=_search_progress(run, method), **extra)
             run.note(f"{method} region {goal.region} polytope {goal.polytope}: {out.status} {out.stats}")
@@ -520,10 +520,8 @@ def _engine(run: Run):
 
 def _runner(run: Run):
     """The onnxruntime session on the original file (created once per run)."""
-    from verifier.model.reference import OnnxRunner
-
     if run.onnx_runner is None:
-        run.onnx_runner = OnnxRunner(run.model.path)
+        run.onnx_runner = run.model.reference_runner()
     return run.onnx_runner
 
 
@@ -586,8 +584,26 @@ def _solver_witness(run: Run, x, source: str) -> bool:
     return False
 
 
+def _exact(run: Run, check):
+    """``check`` followed by the model's exact re-check of a witness (2.0 queries), so a search goes on past a rejected one."""
+    exact = getattr(run.model, "confirm", None)
+    if exact is None:
+        return check
+
+    def both(x):
+        cex = check(x)
+        return cex if cex is None or exact(cex.x, cex.y) else None
+
+    return both
+
+
 def _violated(run: Run, cex, method: str) -> bool:
-    """Record a confirmed counterexample as the verdict."""
+    """Record a confirmed counterexample as the verdict (a 2.0 query re-checks it exactly first)."""
+    exact = getattr(run.model, "confirm", None)
+    if exact is not None and not exact(cex.x, cex.y):
+        run.note(f"{method}: witness confirmed on onnxruntime but it fails the exact re-check of the query "
+                 "(a strict or rounded constraint at its boundary): not reported")
+        return False
     run.result.verdict, run.result.counterexample, run.result.method = Verdict.VIOLATED, cex, method
     run.result.reason = f"counterexample confirmed by onnxruntime (region {cex.region}, polytope {cex.polytope})"
     return True

@@ -187,14 +187,13 @@ def _prepared(model, config):
     import torch
 
     from verifier.bounds import BoundEngine
-    from verifier.model.reference import OnnxRunner
     from verifier.portfolio import pick_device
 
     key = (model.sha256, config.bounds.device, config.bounds.dtype)
     if key not in _PREPARED:
         _PREPARED.clear()
         engine = BoundEngine(model.graph, device=pick_device(config.bounds.device), dtype=getattr(torch, config.bounds.dtype))
-        _PREPARED[key] = (engine, OnnxRunner(model.path))
+        _PREPARED[key] = (engine, model.reference_runner())
     return _PREPARED[key]
 
 

@@ -8,14 +8,14 @@ from verifier.cli import EXIT_ERROR, main
 
 
 def _model(tmp_path, with_unsupported=False):
-    """x[1,3] -> Gemm -> Relu -> (Sin * Relu) -> Gemm -> y[1,2] (optionally through an unsupported Erf)."""
+    """x[1,3] -> Gemm -> Relu -> (Sin * Relu) -> Gemm -> y[1,2] (optionally through an unsupported Atan)."""
     rng = np.random.default_rng(0)
     w1, w2 = rng.standard_normal((4, 3)).astype(np.float32), rng.standard_normal((2, 4)).astype(np.float32)
     nodes = [helper.make_node("Gemm", ["x", "w1"], ["h"], transB=1), helper.make_node("Relu", ["h"], ["r"]),
              helper.make_node("Sin", ["h"], ["s"]), helper.make_node("Mul", ["s", "r"], ["m"]),
              helper.make_node("Gemm", ["m", "w2"], ["y"], transB=1)]
     if with_unsupported:
-        nodes.insert(2, helper.make_node("Erf", ["r"], ["e"]))
+        nodes.insert(2, helper.make_node("Atan", ["r"], ["e"]))
         nodes[-2] = helper.make_node("Mul", ["s", "e"], ["m"])
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
@@ -51,6 +51,8 @@ def test_inspect_model_lists_lowered_ops_shapes_and_parameters(tmp_path, capsys)
     assert [n["op"] for n in info["nodes"]] == ["linear", "relu", "sin", "mul", "linear"]
     assert any(line.startswith("lowered Mul") and "mul" in line for line in info["folded"])
     assert "spec" not in info
+    assert sorted(info["rules"]) == ["linear", "mul", "relu", "sin"]
+    assert all(rule[k] and "unsupported" not in rule[k] for rule in info["rules"].values() for k in ("ibp", "crown", "checker"))
 
 
 def test_inspect_with_spec_reports_unstable_neurons_and_route(tmp_path, capsys):
@@ -63,9 +65,10 @@ def test_inspect_with_spec_reports_unstable_neurons_and_route(tmp_path, capsys):
 
 def test_inspect_unsupported_model_is_an_error(tmp_path, capsys):
     assert main(["inspect", str(_model(tmp_path, with_unsupported=True))]) == EXIT_ERROR
-    assert "Erf" in capsys.readouterr().err
+    assert "Atan" in capsys.readouterr().err
 
 
 def test_inspect_text_report_runs(tmp_path, capsys):
     assert main(["inspect", str(_model(tmp_path)), str(_spec(tmp_path))]) == 0
-    assert capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "bound rules (IBP | CROWN | checker):" in out and "  sin " in out

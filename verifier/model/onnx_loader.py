@@ -32,6 +32,12 @@ class Model:
     output_shape: tuple[int, ...]
     folded: list[str]
 
+    def reference_runner(self):
+        """onnxruntime on the original file (the one judge of counterexamples)."""
+        from verifier.model.reference import OnnxRunner
+
+        return OnnxRunner(self.path)
+
 
 def load_onnx(path: str, *, max_params: int = 200_000_000) -> Model:
     """Load an ONNX file and lower it to a canonical ``Model`` (errors list every problem)."""
@@ -61,16 +67,11 @@ _UNKNOWN = _Unknown()
 def lower_model(model: onnx.ModelProto, max_params: int) -> tuple[Graph, str, list[str]]:
     """Walk the ONNX graph, fold constants, lower every node; raise listing all problems."""
     g = model.graph
-    opsets = {("" if o.domain == "ai.onnx" else o.domain): int(o.version) for o in model.opset_import}
-    b = Builder(opsets, max_params)
-    values: dict = {t.name: tensor_array(t) for t in g.initializer}
+    b, values = _builder(model)
     inp = _single_input(g, values)
-    shape = _input_shape(inp)
     b.names.add(inp.name)
-    values[inp.name] = x = Var(inp.name, shape)
-    problems: dict[str, list[tuple[str, str]]] = {}
-    for node in _toposort(g):
-        _lower_node(b, node, values, problems)
+    values[inp.name] = x = Var(inp.name, _input_shape(inp))
+    problems = _lower_all(b, g, values)
     out = values.get(g.output[0].name)
     if not problems and not isinstance(out, Var):
         problems.setdefault("(output)", []).append((g.output[0].name, "graph output does not depend on the input"))
@@ -79,6 +80,66 @@ def lower_model(model: onnx.ModelProto, max_params: int) -> tuple[Graph, str, li
     nodes = _fuse(_prune(b.nodes, out.name), out.name, b.folded)
     graph = Graph(inp.name, x.cshape, tuple(nodes), out.name)
     return graph, inp.name, b.folded
+
+
+def _builder(model: onnx.ModelProto, max_params: int = 200_000_000) -> tuple[Builder, dict]:
+    """A lowering builder for the model's opsets and the initializer values."""
+    opsets = {("" if o.domain == "ai.onnx" else o.domain): int(o.version) for o in model.opset_import}
+    return Builder(opsets, max_params), {t.name: tensor_array(t) for t in model.graph.initializer}
+
+
+def _lower_all(b: Builder, g, values: dict) -> dict[str, list[tuple[str, str]]]:
+    """Lower every node in topological order; the problems found, by op."""
+    problems: dict[str, list[tuple[str, str]]] = {}
+    for node in _toposort(g):
+        _lower_node(b, node, values, problems)
+    return problems
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[tuple[str, tuple[int, ...]]]:
+    """The (name, full shape) of every non-initializer graph input, in order."""
+    consts = {t.name for t in model.graph.initializer}
+    return [(i.name, _input_shape(i)) for i in model.graph.input if i.name not in consts]
+
+
+def lower_flat(model: onnx.ModelProto, tensors: list[str], max_params: int = 200_000_000) -> tuple[Graph, list[str]]:
+    """A graph over every input flattened and concatenated (in graph order) to the flat values of ``tensors``.
+
+    ``tensors`` names ONNX values (graph outputs or hidden tensors); the graph's output is their
+    C-order values concatenated. Used for queries over several inputs, outputs or hidden nodes.
+    """
+    g = model.graph
+    b, values = _builder(model, max_params)
+    inputs = graph_inputs(model)
+    for name, _ in inputs:
+        if next(i for i in g.input if i.name == name).type.tensor_type.elem_type not in FLOAT_TYPES:
+            raise UnsupportedModelError(f"graph input {name} is not a float tensor")
+    total = sum(int(np.prod(shape)) for _, shape in inputs)
+    flat = Var(b.fresh("inputs"), (1, total))
+    offset = 0
+    for name, shape in inputs:
+        b.names.add(name)
+        size = int(np.prod(shape))
+        cshape = Var(name, shape).cshape
+        index = (offset + np.arange(size, dtype=np.int64)).reshape(cshape)
+        values[name] = b.emit(name, "gather", [flat], shape, {"index": index})
+        offset += size
+    problems = _lower_all(b, g, values)
+    parts = []
+    for name in tensors:
+        v = values.get(name)
+        if name not in values and not problems:
+            problems.setdefault("(query)", []).append((name, "no tensor of this name in the ONNX graph"))
+        elif not isinstance(v, Var) and not problems:
+            problems.setdefault("(query)", []).append((name, "tensor does not depend on the input"))
+        elif isinstance(v, Var):
+            parts.append(b.emit(f"{name}_flat", "reshape", [v], (1, v.size)))
+    if problems:
+        raise UnsupportedModelError(_format_problems(problems))
+    out = parts[0] if len(parts) == 1 else b.emit("observed", "concat", parts, (1, sum(p.size for p in parts)),
+                                                  attrs={"axis": 0})
+    nodes = _fuse(_prune(b.nodes, out.name), out.name, b.folded)
+    return Graph(flat.name, flat.cshape, tuple(nodes), out.name), b.folded
 
 
 def _single_input(g, consts) -> onnx.ValueInfoProto:

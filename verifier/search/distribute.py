@@ -128,20 +128,20 @@ def run_chunk(model, spec, config, chunk: ChunkSpec, engine=None, cancel: clock.
     """
     from verifier.bounds import BoundEngine, DeadlineReached
     from verifier.counterexample import validate
-    from verifier.model.reference import OnnxRunner
     from verifier.portfolio import pick_device
 
     device, dtype = pick_device(config.bounds.device), getattr(torch, config.bounds.dtype)
     region = spec.regions[chunk.region]
     poly = region.unsafe[chunk.polytope]
-    runner = runner or OnnxRunner(model.path)
+    runner = runner or model.reference_runner()
     check = lambda x: validate(runner, spec, x, "bab", exact_inputs=config.exact_inputs)
     deadline = time.monotonic() + (chunk.deadline - time.time())
     engine = engine or BoundEngine(model.graph, device=device, dtype=dtype)
     engine.deadline = deadline
     bab = dataclasses.replace(config.bab, local_share=0.0)
     search = new_search(engine, model.graph, region.lower, region.upper, poly.A, poly.b, check, deadline, bab, device,
-                        dtype, [(p.A, p.b) for p in region.unsafe], chunk.pending(dtype, device), chunk.id_base)
+                        dtype, [(p.A, p.b) for p in region.unsafe], chunk.pending(dtype, device), chunk.id_base,
+                        aux=poly.aux)
     search.size = chunk.batch
     search.hunt.gen.manual_seed(chunk.index)   # its own probes, not a copy of the home search's
     with clock.cancel_scope(cancel):

@@ -185,9 +185,12 @@ def input_split(engine, graph, lower: np.ndarray, upper: np.ndarray, A: np.ndarr
                 validate: Callable[[np.ndarray], object], deadline: float, config: BabConfig,
                 device=None, dtype=torch.float32, falsify=None, workers: int = 1,
                 progress: Callable[[dict], object] | None = None, offload=None,
-                goal: tuple[int, int] = (0, 0)) -> SplitOutcome:
+                goal: tuple[int, int] = (0, 0), aux=None) -> SplitOutcome:
     """Prove ``A f(x) <= b`` unreachable over the box, or find a validated counterexample.
 
+    ``aux`` ([m] bools, optional): rows that only restrict the inputs (a 2.0 query's linear input
+    constraints). They count for proofs like any row but never choose the split dimension: the
+    row closest to proved would otherwise be such a row, and its gradient ignores the network.
     ``falsify``: the polytopes [(A, b), ...] whose counterexamples the search looks for (default:
     this one; the portfolio passes every polytope of the region, since any of them settles it).
     ``workers`` > 1 (CPU): a search still open after ``config.parallel_after`` seconds (with at
@@ -198,7 +201,8 @@ def input_split(engine, graph, lower: np.ndarray, upper: np.ndarray, A: np.ndarr
     precedence over ``workers``: after ``config.distribute_after`` seconds, chunks of the pending
     domains of goal ``goal`` (region, polytope) ship to it while this process searches the rest.
     """
-    search = new_search(engine, graph, lower, upper, A, b, validate, deadline, config, device, dtype, falsify)
+    search = new_search(engine, graph, lower, upper, A, b, validate, deadline, config, device, dtype, falsify,
+                        aux=aux)
     search.progress = progress
     if offload is not None:
         from verifier.search.distribute import search_with
@@ -215,7 +219,7 @@ def input_split(engine, graph, lower: np.ndarray, upper: np.ndarray, A: np.ndarr
 
 def new_search(engine, graph, lower: np.ndarray, upper: np.ndarray, A: np.ndarray, b: np.ndarray, validate,
                deadline: float, config: BabConfig, device=None, dtype=torch.float32, falsify=None,
-               queue: "Pending | None" = None, next_id: int = 1) -> "Search":
+               queue: "Pending | None" = None, next_id: int = 1, aux=None) -> "Search":
     """A search of ``queue`` (default: the whole box, domain 0) for the polytope ``A y <= b``
     over the region box ``[lower, upper]``, numbering new domains from ``next_id``."""
     lo, hi = outward_box(lower, upper, dtype, device, (1, -1))
@@ -224,7 +228,10 @@ def new_search(engine, graph, lower: np.ndarray, upper: np.ndarray, A: np.ndarra
         zero = torch.zeros(1, dtype=torch.long, device=device)
         queue = Pending(lo, hi, zero, zero.clone())
     hunt = CounterexampleHunt(engine.graph, lo, hi, falsify or [(A, b)], validate, config, deadline)
-    return Search(engine, graph, (hi - lo)[0], C, bt, hunt, config, queue, next_id)
+    search = Search(engine, graph, (hi - lo)[0], C, bt, hunt, config, queue, next_id)
+    if aux is not None and not np.all(aux):
+        search.aux = torch.as_tensor(np.array(aux, dtype=bool), device=C.device)
+    return search
 
 
 class Search:
@@ -238,12 +245,13 @@ class Search:
         self.progress: Callable[[dict], object] | None = None   # told the counts before every batch
         self.t0 = time.monotonic()
         self.size = min(64, config.batch)   # batch size: grows while one call stays short, so deadlines hold
+        self.aux: torch.Tensor | None = None   # rows that never choose the split dimension (see input_split)
 
     def resume(self, queue: Pending, next_id: int) -> "Search":
         """A search of ``queue``'s domains with this one's settings (batch size included), numbering
         new domains from ``next_id``."""
         sub = Search(self.engine, self.graph, self.root_width, self.C, self.bt, self.hunt, self.config, queue, next_id)
-        sub.size = self.size
+        sub.size, sub.aux = self.size, self.aux
         return sub
 
     def outcome(self, status: str, cex=None, note: str = "") -> SplitOutcome:
@@ -281,6 +289,8 @@ class Search:
                 continue
             batch.inter = inter
             batch = batch.select(open_)
+            if self.aux is not None:      # guide the split by the network's rows only
+                row = margin.masked_fill(self.aux, -torch.inf).max(dim=1).indices
             centres, y, grad = centre_outputs(engine.graph, batch.lo, batch.hi, C[0][row[open_]])   # on its device
             slopes = None   # the bound's input coefficients for the row closest to proved
             if coeffs is not None:

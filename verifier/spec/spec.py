@@ -20,20 +20,34 @@ def _frozen(a, dtype=np.float64) -> np.ndarray:
 
 @dataclass(frozen=True, eq=False)
 class Polytope:
-    """A conjunction of linear output constraints ``A y <= b`` (A: [m, n_outputs], b: [m])."""
+    """A conjunction of linear output constraints ``A y <= b`` (A: [m, n_outputs], b: [m]).
+
+    ``strict`` (optional, [m] bools) marks rows a witness must satisfy strictly (``A_i y < b_i``,
+    from VNN-LIB 2.0's ``<``, ``>`` and ``!=``). Proofs treat every row as closed, which only
+    enlarges the unsafe set.
+    """
 
     A: np.ndarray
     b: np.ndarray
+    strict: np.ndarray | None = None
+    aux: np.ndarray | None = None      # rows over the inputs only (2.0 input constraints): never guide splitting
 
     def __post_init__(self):
         object.__setattr__(self, "A", _frozen(self.A))
         object.__setattr__(self, "b", _frozen(self.b))
         if self.A.ndim != 2 or self.b.shape != (self.A.shape[0],):
             raise ValueError(f"polytope needs A [m, n] and b [m], got {self.A.shape} and {self.b.shape}")
+        strict = np.zeros(self.b.shape, dtype=bool) if self.strict is None else self.strict
+        object.__setattr__(self, "strict", _frozen(strict, dtype=bool))
+        if self.strict.shape != self.b.shape:
+            raise ValueError(f"polytope strict mask has shape {self.strict.shape}, rows {self.b.shape}")
+        if self.aux is not None:
+            object.__setattr__(self, "aux", _frozen(self.aux, dtype=bool))
 
     def satisfied_by(self, y: np.ndarray, tol: float = 0.0) -> bool:
-        """Whether output vector ``y`` lies in the polytope (every row holds, within ``tol``)."""
-        return bool(np.all(self.A @ np.asarray(y, dtype=np.float64).reshape(-1) <= self.b + tol))
+        """Whether output vector ``y`` lies in the polytope (every row holds, within ``tol``; strict rows strictly)."""
+        lhs = self.A @ np.asarray(y, dtype=np.float64).reshape(-1)
+        return bool(np.all(np.where(self.strict, lhs < self.b + tol, lhs <= self.b + tol)))
 
 
 @dataclass(frozen=True, eq=False)
@@ -68,6 +82,7 @@ class Spec:
     n_outputs: int
     regions: tuple[Region, ...]
     source: str = ""
+    sha256: str = ""     # of the file it was read from, when known (certificates name it)
 
     def __post_init__(self):
         object.__setattr__(self, "regions", tuple(self.regions))
