@@ -84,6 +84,9 @@ class VerifyConfig:
     # False admits witnesses whose X values lie exactly in the box but that the network's float32
     # input type rounds (the network sees the rounded value, as onnxruntime does); marked in the result.
     exact_inputs: bool = False
+    # VNN-LIB 2.0 queries: decide float32/float64 declarations under real arithmetic (docs/vnnlib2.md);
+    # without it only `real` declarations are accepted.
+    float_as_real: bool = False
     seed: int = 0
     attack: AttackConfig = field(default_factory=AttackConfig)
     bounds: BoundsConfig = field(default_factory=BoundsConfig)

@@ -117,12 +117,18 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_inputs(model, spec):
-    """Load the model and spec (paths or objects); raise ``InputError`` with one clear line."""
+def load_inputs(model, spec, float_as_real: bool = False):
+    """Load the model and spec (paths or objects); raise ``InputError`` with one clear line.
+
+    A spec file with a ``(vnnlib-version <2.0>)`` header is a VNN-LIB 2.0 query of one network:
+    it is compiled with ``model`` bound to that network (``verifier.query``).
+    """
     from verifier.certificate import sha256_file
     from verifier.model.onnx_loader import ModelLoadError, UnsupportedModelError, load_onnx
     from verifier.spec.vnnlib import VnnlibError, load_vnnlib
 
+    if isinstance(spec, (str, Path)) and _is_query(spec):
+        return _load_query(model, spec, float_as_real)
     spec_sha256 = getattr(spec, "sha256", "")
     try:
         if isinstance(model, (str, Path)):
@@ -138,6 +144,35 @@ def load_inputs(model, spec):
     if spec.n_outputs != graph.n_outputs:
         raise InputError(f"spec declares {spec.n_outputs} outputs Y_j but the network has {graph.n_outputs}")
     return model, spec, spec_sha256
+
+
+def _is_query(path) -> bool:
+    """Whether the spec file is a VNN-LIB 2.0 query (by its version header)."""
+    from verifier.spec.vnnlib2 import version_of
+
+    try:
+        with open(path, "rb") as fh:
+            return version_of(fh.read(4096)) is not None
+    except OSError:
+        return False
+
+
+def _load_query(model, path, float_as_real: bool):
+    """A 2.0 query of one network, compiled with ``model`` (a path or a loaded ``Model``) bound to it."""
+    from verifier.query import QueryError, compile_query
+    from verifier.spec.vnnlib2 import load_query
+
+    try:
+        query = load_query(path)
+        names = [n.name for n in query.networks if not n.equal_to]
+        if len(names) != 1:
+            raise InputError(f"the query declares networks {names}: bind each one (nnverify verify QUERY --network NAME=PATH)")
+        if hasattr(model, "compiled"):       # already compiled once (e.g. by a caller's load_inputs)
+            model = model.compiled.networks[0]
+        compiled = compile_query(query, {names[0]: str(getattr(model, "path", model))}, float_as_real)
+    except (QueryError, OSError) as exc:
+        raise InputError(str(exc).splitlines()[0]) from exc
+    return compiled.model, compiled.spec, compiled.spec.sha256
 
 
 def verify(model, spec, config: VerifyConfig | None = None, *, cancel: clock.CancelEvent | None = None,
@@ -167,7 +202,7 @@ def _verify(model, spec, config: VerifyConfig, progress, offload=None) -> Result
     t0 = time.monotonic()
     result = Result(Verdict.UNKNOWN)
     try:
-        model, spec, spec_sha256 = load_inputs(model, spec)
+        model, spec, spec_sha256 = load_inputs(model, spec, config.float_as_real)
     except InputError as exc:
         result.verdict, result.reason = Verdict.ERROR, str(exc)
         result.timings["total"] = time.monotonic() - t0
@@ -179,6 +214,8 @@ def _verify(model, spec, config: VerifyConfig, progress, offload=None) -> Result
     try:
         with cpu_threads(_threads(run)):
             _run_route(run)
+        if isinstance(result.certificate, dict) and hasattr(model, "compiled"):
+            result.certificate["query"] = model.compiled.header()
     except ZeroInIntervalError as exc:  # e.g. a division whose denominator's bounds contain 0
         result.verdict, result.counterexample = Verdict.UNKNOWN, None
         result.reason = f"bounds undefined: {exc}"

@@ -7,6 +7,7 @@ import onnx
 
 from verifier.model.onnx_file import ModelLoadError, read_model
 from verifier.spec.vnnlib import VnnlibError, parse_vnnlib
+from verifier.spec.vnnlib2 import QueryError, parse_query, version_of
 from workers.settings import Settings
 
 MILP_MAX_RELUS = 64   # a network with at most this many ReLU neurons goes to the cpu queue (MILP-sized)
@@ -53,9 +54,11 @@ def check_model(data: bytes, settings: Settings) -> ModelInfo:
 
 
 def check_spec(data: bytes, info: ModelInfo, settings: Settings):
-    """Parse an uploaded VNN-LIB property and match it to the model; the ``Spec``."""
+    """Parse an uploaded VNN-LIB property and match it to the model; the ``Spec`` (a 2.0 query: the ``Query``)."""
     if len(data) > settings.max_spec_bytes:
         raise UploadError(413, f"spec is {len(data)} bytes (limit {settings.max_spec_bytes})")
+    if version_of(data) is not None:
+        return _check_query(data, info)
     try:
         spec = parse_vnnlib(data.decode("utf-8"), "spec")
     except UnicodeDecodeError as exc:
@@ -67,6 +70,25 @@ def check_spec(data: bytes, info: ModelInfo, settings: Settings):
     if spec.n_outputs != info.n_outputs:
         raise UploadError(422, f"spec declares {spec.n_outputs} outputs Y_j but the model has {info.n_outputs}")
     return spec
+
+
+def _check_query(data: bytes, info: ModelInfo):
+    """A VNN-LIB 2.0 query of one network whose declared input/output sizes match the model."""
+    try:
+        query = parse_query(data.decode("utf-8-sig"), "spec")
+    except UnicodeDecodeError as exc:
+        raise UploadError(422, "spec: not UTF-8 text") from exc
+    except (QueryError, RecursionError) as exc:
+        raise UploadError(422, f"spec: {str(exc).splitlines()[0] if str(exc) else 'malformed'}") from exc
+    names = [n.name for n in query.networks if not n.equal_to]
+    if len(names) != 1:
+        raise UploadError(422, f"spec: the query declares networks {names}; a job binds exactly one")
+    for kind, have in (("input", info.n_inputs), ("output", info.n_outputs)):
+        declared = [d for d in query.of(names[0], kind)]
+        if len(declared) == 1 and declared[0].size != have:
+            raise UploadError(422, f"spec: {kind} {declared[0].name} has {declared[0].size} values but the model's "
+                                   f"{kind} has {have}")
+    return query
 
 
 def route(info: ModelInfo, gpu_workers: int) -> tuple[str, str]:

@@ -229,3 +229,22 @@ def test_unbounded_input_is_refused(tmp_path):
     path.write_text(query(F, box("X", ["0,0", "0,1"], -1.0, 1.0), "(>= Y[0,0] 0.0)"))
     with pytest.raises(QueryError, match=r"X\[0,2\] has no finite bound"):
         compile_files(path, {"f": model})
+
+
+def test_verify_takes_a_one_network_query_in_place_of_a_spec(tmp_path):
+    """``verify(model, query)`` (the service's path) compiles a 2.0 query bound to the model; the certificate says so."""
+    from verifier.portfolio import verify
+
+    rng = np.random.default_rng(9)
+    model = mlp(tmp_path / "f.onnx", random_layers(rng, [3, 8, 2]), 3)
+    path = tmp_path / "q.vnnlib"
+    path.write_text(query(F, box("X", IDX3, -1.0, 1.0), "(>= Y[0,0] 100.0)"))
+    result = verify(model, path, CFG)
+    assert result.verdict is Verdict.HOLDS and result.certificate["query"]["version"] == "2.0"
+    cert = tmp_path / "cert.json"
+    cert.write_text(json.dumps(result.certificate))
+    assert check_query(path, {"f": model}, cert).ok
+    two = tmp_path / "two.vnnlib"
+    two.write_text(query(MONO_NETS.replace("(equal-to f)", ""), box("X", IDX3, -1.0, 1.0), "(>= Y[0,0] 100.0)"))
+    result = verify(model, two, CFG)
+    assert result.verdict is Verdict.ERROR and "bind each one" in result.reason

@@ -162,3 +162,19 @@ def test_neither_the_api_nor_the_client_imports_torch(shared_stack):
             "assert 'torch' not in sys.modules, 'torch imported'")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=shared_stack.env)
     assert out.returncode == 0, out.stderr
+
+
+def test_a_vnnlib2_query_of_one_network_runs_as_a_job(shared_stack, alice, tmp_path):
+    """A 2.0 query (the fragile property, declared real) binds to the job's model; its witness names z."""
+    sys.path.insert(0, str(ROOT / "tests" / "query"))
+    from vnnlib2_convert import spec_to_vnnlib2
+
+    query = tmp_path / "fragile2.vnnlib"
+    query.write_text(spec_to_vnnlib2(load_vnnlib(str(VIOLATED)), (1, 1, 8, 8), (1, 10)))
+    job = alice.wait(alice.submit(str(MODEL), str(query), timeout=60), limit=120)
+    assert (job["state"], job["verdict"]) == ("done", "violated"), job.get("reason")
+    bad = tmp_path / "bad2.vnnlib"
+    bad.write_text("(vnnlib-version <2.0>)\n(declare-network f (declare-input X real [3]) (declare-output Y real [10]))\n"
+                   "(assert (<= X[0] 1.0))\n")
+    with pytest.raises(ServiceError, match="input X has 3 values but the model's input has 64"):
+        alice.submit(str(MODEL), str(bad), timeout=60)

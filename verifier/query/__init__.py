@@ -41,6 +41,7 @@ def verify_query(query_path, networks: dict[str, str], config=None, float_as_rea
     from verifier.result import Result, Verdict
 
     t0 = time.monotonic()
+    float_as_real = float_as_real or bool(getattr(config, "float_as_real", False))
     try:
         compiled = compile_files(query_path, networks, float_as_real)
     except EmptyQuery as exc:
@@ -59,9 +60,6 @@ def verify_query(query_path, networks: dict[str, str], config=None, float_as_rea
         config = replace(config, timeout=max(config.timeout - (time.monotonic() - t0), 0.1))
     result = verify(compiled.model, compiled.spec, config, **kwargs)
     result.timings["compile"] = time.monotonic() - t0 - result.timings.get("total", 0.0)
-    if isinstance(result.certificate, dict):
-        result.certificate["query"] = {"version": QUERY_VERSION,
-                                       "networks": {n.name: n.sha256 for n in compiled.networks}}
     return result, compiled
 
 

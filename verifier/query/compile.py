@@ -96,6 +96,10 @@ class Compiled:
     spec: Spec | None = None
     model: QueryModel | None = None
 
+    def header(self) -> dict:
+        """What a certificate records of the query: its version and the networks' file hashes."""
+        return {"version": self.query.version, "networks": {n.name: n.sha256 for n in self.networks}}
+
     def u_index(self, key: Key) -> int:
         d = self.query.declarations[key[0]]
         net = next(n for n in self.networks if n.name == d.network)
