@@ -591,22 +591,62 @@ def step_milp(run: Run) -> bool:
     return not run.open_goals()
 
 
+SAT_FALSIFY_SHARE = 0.25   # share of the time left that the SAT route spends falsifying first
+SAT_FALSIFY_MAX = 20.0     # ... at most this many seconds
+
+
 def step_sat(run: Run) -> bool:
-    """Binarized network: exact SAT encoding; UNSAT proves holds, a model is re-validated."""
+    """Binarized network: falsify first (STE sign-gradient PGD + local search), then the exact SAT
+    encoding of the property's cone; UNSAT proves holds, every witness is confirmed by onnxruntime."""
     from verifier.exact.bnn_sat import verify_bnn_spec
 
     t0 = time.monotonic()
-    out = verify_bnn_spec(run.model.graph, run.spec, timeout=max(run.left(), 0.1))
-    run.timed("sat", t0)
-    run.note(f"sat: {out.status} ({out.reason})")
-    if out.status == "violated":
-        return _solver_witness(run, out.x, "sat")
-    if out.status == "holds":
-        for g in run.goals:
-            g.proved, g.method = True, "sat"
-        run.result.certificate_checked = False  # UNSAT is the SAT solver's word (no DRAT checker installed)
-        return True
-    run.result.reason = out.reason
+    try:
+        if _sat_falsify(run):
+            return True
+        if run.left() <= 0:
+            run.note("sat: budget spent before the encoding")
+            return False
+        out = verify_bnn_spec(run.model.graph, run.spec, deadline=run.deadline, log=run.note, attack_samples=32)
+        run.note(f"sat: {out.status} ({out.reason})")
+        if out.status == "violated":
+            return _solver_witness(run, out.x, "sat")
+        if out.status == "holds":
+            for g in run.goals:
+                g.proved, g.method = True, "sat"
+            run.result.certificate_checked = False  # UNSAT is the SAT solver's word (no DRAT checker installed)
+            run.result.reason = "SAT encoding UNSAT for every region"
+            return True
+        run.result.reason = f"sat: {out.reason}"
+        if run.left() > 3.0:  # the encoding gave up early: the rest of the budget goes to falsifying
+            return _sat_falsify(run, share=1.0, seed=1000)
+        return False
+    finally:
+        run.timed("sat", t0)
+
+
+def _sat_falsify(run: Run, share: float = SAT_FALSIFY_SHARE, seed: int = 0) -> bool:
+    """The BNN falsifier on every region within its share of the budget; True once onnxruntime confirms."""
+    from verifier.exact.bnn_attack import falsify
+    from verifier.exact.bnn_sat import recognise_bnn
+
+    graph, structure = run.model.graph, recognise_bnn(run.model.graph)
+    dtype = structure.dtype if structure is not None else np.float32
+    cap = SAT_FALSIFY_MAX if share < 1 else math.inf
+    stop = min(run.deadline - 1.0, clock.now() + min(share * max(run.left(), 0.0), cap))  # 1 s: confirmation
+    t0 = time.monotonic()
+    try:
+        for ri, region in enumerate(run.spec.regions):
+            if clock.now() >= stop:
+                break
+            x, stats = falsify(graph, region, region.unsafe, stop, structure=structure, dtype=dtype,
+                               seed=run.config.attack.seed + seed + ri)
+            for line in stats.log:
+                run.note(f"sat falsify region {ri}: {line}")
+            if x is not None and _solver_witness(run, x, "attack"):
+                return True
+    finally:
+        run.timed("attack", t0)
     return False
 
 

@@ -28,9 +28,18 @@ IDX3 = ["0,0", "0,1", "0,2"]
 
 
 def run(tmp_path, text: str, nets: dict, config=CFG, **kw):
+    """verify_query on ``text``; every holds with a certificate is re-checked from the files (and fails when tampered)."""
     path = tmp_path / "q.vnnlib"
     path.write_text(text)
     result, compiled = verify_query(path, nets, config, **kw)
+    if result.verdict is Verdict.HOLDS and result.certificate is not None:
+        cert = tmp_path / "cert-any.json"
+        cert.write_text(json.dumps(result.certificate))
+        assert check_query(path, nets, cert, float_as_real=kw.get("float_as_real", False)).ok
+        tampered = json.loads(cert.read_text())
+        tampered["spec_sha256"] = "0" * 64
+        cert.write_text(json.dumps(tampered))
+        assert not check_query(path, nets, cert, float_as_real=kw.get("float_as_real", False)).ok
     return result, compiled, path
 
 
