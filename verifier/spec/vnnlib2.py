@@ -307,6 +307,10 @@ class _Builder:
 
 def _line_of(cmp) -> int:
     """The line of the first variable or literal inside a comparison (0 if none says)."""
+    for side in (cmp.lhs, cmp.rhs):       # the common case: a variable or a literal on a side
+        line = getattr(side, "line", None)
+        if isinstance(line, int) and line > 0:
+            return line
     stack = [cmp]
     while stack:
         node = stack.pop()
@@ -332,6 +336,8 @@ def _flat(indices, shape) -> int:
 
 
 def _add(a: dict[Monomial, Fraction], b: dict[Monomial, Fraction]) -> dict[Monomial, Fraction]:
+    if not a.keys() & b.keys():          # the common case (X[i] <= c): nothing to add up
+        return {**a, **b}
     out = dict(a)
     for m, c in b.items():
         out[m] = out.get(m, Fraction(0)) + c
