@@ -5,6 +5,7 @@ import torch
 
 from verifier.bounds import BoundEngine
 from verifier.bounds.beta import BetaConfig, compute_domains, split_bounds
+from verifier.bounds.problem import input_box, spec_rows
 
 N_DOM = 4
 
@@ -90,7 +91,7 @@ def test_zero_beta_is_crown_on_clamped_bounds(helpers, nets):
     graph, lo, hi, splits, C = _setup(helpers, nets)
     engine = BoundEngine(graph, forward_max_inputs=0)
     res = compute_domains(engine, lo, hi, C, splits, cfg=BetaConfig(iterations=1), refine=True)
-    A_spec, _ = engine._spec_rows(C, res.bounds[graph.input_name][0], False)
+    A_spec, _ = spec_rows(graph, C, res.bounds[graph.input_name][0], False, engine.dtype)
     crown = engine.spec_lower(A_spec, res.bounds, None, {})
     assert torch.allclose(res.lower, crown, atol=1e-5)
     clamped = engine.compute(lo, hi, C, splits=splits, want_upper=False)
@@ -110,6 +111,6 @@ def test_contradictory_split_marks_domain_empty(helpers, nets):
         k, sign = int(torch.nonzero(pre_hi[0] < 0).flatten()[0]), 1
     s = torch.zeros(2, 8, dtype=torch.int8)
     s[0, k] = sign
-    box = engine._box(lo, hi)
+    box = input_box(graph, lo, hi, engine.device, engine.dtype)
     _, empty = split_bounds(engine, box, {"act0": s}, None)
     assert empty.tolist() == [True, False]

@@ -17,6 +17,7 @@ import torch
 
 from verifier import clock
 from verifier.bounds.adam import Adam
+from verifier.bounds.problem import DeadlineReached
 from verifier.bounds.registry import OPS
 
 SPEC = "_spec"
@@ -100,8 +101,6 @@ def optimise_alphas(engine, box, dom, A_spec, m, cfg, reference, plan, alphas, c
     best_obj = torch.full((box[0].shape[0],), float("-inf"), dtype=box[0].dtype, device=box[0].device)
     opt = Adam([(params, cfg.lr)], cfg.lr_decay) if params else None
     n_eval = max(1, cfg.iterations) if params else 1
-    from verifier.bounds.engine import DeadlineReached
-
     for it in range(n_eval):
         try:
             with torch.enable_grad():

@@ -24,6 +24,7 @@ from verifier import clock
 from verifier.bounds.adam import Adam
 from verifier.bounds.base import ElementwiseOp, RelaxState
 from verifier.bounds.crown import backward_to_input, concretize_lower
+from verifier.bounds.problem import Domain, input_box, spec_rows
 from verifier.bounds.registry import OPS
 
 EMPTY_TOL = 1e-6  # relative crossing l > u beyond which a clamped domain counts as empty
@@ -55,8 +56,6 @@ class BetaResult:
 
 def split_bounds(engine, box, splits: dict | None, reference: dict | None, refine: bool = False):
     """Intermediate bounds of every value on each subdomain, and the mask [B] of empty subdomains."""
-    from verifier.bounds.engine import Domain
-
     with torch.no_grad():
         bounds, _ = engine.propagate(box, Domain(None, splits), crown=refine, reference=reference, forward=False)
     empty = torch.zeros(box[0].shape[0], dtype=torch.bool, device=box[0].device)
@@ -206,8 +205,8 @@ def compute_domains(engine, lower, upper, C, splits: dict | None = None, *, refe
     ``refine``: re-derive intermediate bounds by CROWN under the splits (costly) instead of IBP;
     ``deadline``: ``time.monotonic()`` value after which the optimisation stops early.
     """
-    box = engine._box(lower, upper)
-    A_spec, _ = engine._spec_rows(C, box[0], False)
+    box = input_box(engine.graph, lower, upper, engine.device, engine.dtype)
+    A_spec, _ = spec_rows(engine.graph, C, box[0], False, engine.dtype)
     A_spec = A_spec.expand((box[0].shape[0],) + tuple(A_spec.shape[1:]))
     splits = {k: v.to(box[0].device) for k, v in (splits or {}).items()}
     bounds, empty = split_bounds(engine, box, splits, reference, refine)

@@ -9,17 +9,15 @@ import torch
 from verifier import clock
 from verifier.bounds.alpha import AlphaSet, initial_alphas, optimise_alphas
 from verifier.bounds.base import Bounds, ElementwiseOp, RelaxState
+from verifier.bounds.beta import compute_domains
 from verifier.bounds.crown import ancestors, backward_to_input, concretize_lower, one_hot_rows
 from verifier.bounds.forward import RULES, concretize, input_fn
+from verifier.bounds.problem import DeadlineReached, Domain, input_box, spec_rows
 from verifier.bounds.registry import OPS, unsupported_ops
 from verifier.config import AlphaConfig
 from verifier.model.graph import Graph
 
 METHODS = ("ibp", "crown", "alpha")
-
-
-class DeadlineReached(Exception):
-    """The engine's deadline passed during a propagation (no bound is returned)."""
 
 
 @dataclass
@@ -33,14 +31,6 @@ class BoundResult:
     # method "crown" with ``want_coeffs``: input coefficients of the lower-bound rows, [B|1, m, *input_shape]
     # (None where the graph's output does not depend on its input)
     coeffs: torch.Tensor | None = None
-
-
-@dataclass(frozen=True)
-class Domain:
-    """Per-call constraints on the box: known bounds to intersect with, and relu splits."""
-
-    intermediate: dict | None = None
-    splits: dict | None = None
 
 
 class BoundEngine:
@@ -97,9 +87,9 @@ class BoundEngine:
         """
         if method not in METHODS:
             raise ValueError(f"unknown bound method {method!r} (known: {', '.join(METHODS)})")
-        box = self._box(lower, upper)
+        box = input_box(self.graph, lower, upper, self.device, self.dtype)
         dom = Domain(intermediate, splits)
-        A_spec, m = self._spec_rows(C, box[0], want_upper)
+        A_spec, m = spec_rows(self.graph, C, box[0], want_upper, self.dtype)
         with torch.no_grad():
             bounds, plan = self.propagate(box, dom, crown=method != "ibp")
             low = self._ibp_rows(A_spec, bounds)
@@ -117,8 +107,6 @@ class BoundEngine:
 
     def compute_domains(self, lower, upper, C, splits=None, **kwargs):
         """beta-CROWN bounds on ReLU-split subdomains: see ``verifier.bounds.beta.compute_domains``."""
-        from verifier.bounds.beta import compute_domains
-
         return compute_domains(self, lower, upper, C, splits, **kwargs)
 
     def check_time(self) -> None:
@@ -237,30 +225,6 @@ class BoundEngine:
         return relax
 
     # ------------------------------------------------------------------ helpers
-    def _box(self, lower, upper) -> Bounds:
-        """Inputs as [B, *input_shape] on the engine's device and dtype."""
-        lo = torch.as_tensor(lower).to(device=self.device, dtype=self.dtype)
-        hi = torch.as_tensor(upper).to(device=self.device, dtype=self.dtype)
-        shape = tuple(self.graph.input_shape)
-        if lo.dim() == 1:
-            lo, hi = lo.unsqueeze(0), hi.unsqueeze(0)
-        return lo.reshape((lo.shape[0],) + shape), hi.reshape((hi.shape[0],) + shape)
-
-    def _spec_rows(self, C, like, want_upper):
-        """Backward start rows [B|1, R, *output_shape]: C (or identity), then -C for upper bounds."""
-        n_out, out_shape = self.graph.n_outputs, tuple(self.graph.output_shape)
-        batch, device = like.shape[0], like.device
-        if C is None:
-            C = torch.eye(n_out, dtype=self.dtype, device=device).unsqueeze(0)
-        C = torch.as_tensor(C).to(device=device, dtype=self.dtype)
-        if C.dim() == 2:
-            C = C.unsqueeze(0)
-        if C.shape[-1] != n_out or C.shape[0] not in (1, batch):
-            raise ValueError(f"C must be [B, m, {n_out}] with B in (1, {batch}), got {tuple(C.shape)}")
-        m = C.shape[1]
-        rows = torch.cat([C, -C], dim=1) if want_upper else C
-        return rows.reshape(rows.shape[:2] + out_shape), m
-
     def _ibp_rows(self, A_spec, bounds) -> torch.Tensor:
         """Interval lower bound of every spec row from the output box; [B, R]."""
         return concretize_lower(A_spec, 0.0, bounds[self.graph.output_name], A_spec.shape[1])

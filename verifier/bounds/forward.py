@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from verifier.bounds.base import Bounds
-from verifier.bounds.nonlinear import bilinear_forward, matmul_forward
+from verifier.bounds.nonlinear import mccormick, mm_planes
 from verifier.bounds.pool import MaxPoolOp
 from verifier.model.ops import FORWARD
 
@@ -151,9 +151,40 @@ def _maxpool(node, fns, bounds, lines):
     return LinFn(lw, lb, uw, ub)
 
 
+def _scaled(fn, a: torch.Tensor):
+    """Linear bounds (lw, lb, uw, ub) of ``a * v`` given a LinFn of v and per-neuron ``a``."""
+    ap, an = a.clamp(min=0), a.clamp(max=0)
+    lw = ap.unsqueeze(1) * fn.lw + an.unsqueeze(1) * fn.uw
+    uw = ap.unsqueeze(1) * fn.uw + an.unsqueeze(1) * fn.lw
+    return lw, ap * fn.lb + an * fn.ub, uw, ap * fn.ub + an * fn.lb
+
+
+def _bilinear(node, fns, bounds, lines):
+    """Forward-mode rule of ``mul``: the McCormick planes composed with both inputs' functions."""
+    (lx, ux), (ly, uy) = bounds
+    ax, ay, b_lo, b_hi = mccormick(lx, ux, ly, uy)
+    xl = _scaled(fns[0], ax)
+    yl = _scaled(fns[1], ay)
+    return LinFn(xl[0] + yl[0], xl[1] + yl[1] + b_lo, xl[2] + yl[2], xl[3] + yl[3] + b_hi)
+
+
+def _matmul(node, fns, bounds, lines):
+    """Forward-mode rule of ``matmul``: the summed McCormick planes composed with both inputs' functions."""
+    mid1, mid2, b_lo, b_hi = mm_planes(bounds)
+    f1, f2 = fns
+    p2, n2 = mid2.clamp(min=0), mid2.clamp(max=0)
+    p1, n1 = mid1.clamp(min=0), mid1.clamp(max=0)
+    P2, N2, P1, N1 = (t.unsqueeze(1) for t in (p2, n2, p1, n1))
+    lw = f1.lw @ P2 + f1.uw @ N2 + P1 @ f2.lw + N1 @ f2.uw
+    uw = f1.uw @ P2 + f1.lw @ N2 + P1 @ f2.uw + N1 @ f2.lw
+    lb = f1.lb @ p2 + f1.ub @ n2 + p1 @ f2.lb + n1 @ f2.ub + b_lo
+    ub = f1.ub @ p2 + f1.lb @ n2 + p1 @ f2.ub + n1 @ f2.lb + b_hi
+    return LinFn(lw, lb, uw, ub)
+
+
 RULES = {"linear": _linear, "conv": _conv, "affine": _affine, "add": _add, "reshape": _reindex,
          "gather": _reindex, "concat": _reindex, "relu": _elementwise, "leaky_relu": _elementwise,
          "sigmoid": _elementwise, "tanh": _elementwise, "sign": _elementwise, "maxpool": _maxpool,
-         "mul": bilinear_forward, "matmul": matmul_forward, "pow": _elementwise, "sin": _elementwise, "cos": _elementwise,
+         "mul": _bilinear, "matmul": _matmul, "pow": _elementwise, "sin": _elementwise, "cos": _elementwise,
          "exp": _elementwise, "reciprocal": _elementwise, "sqrt": _elementwise, "erf": _elementwise,
          "floor": _elementwise, "ceil": _elementwise, "round": _elementwise}

@@ -219,27 +219,8 @@ class MulOp(BoundOp):
         return [A * ax, A * ay], bias
 
 
-def _scaled(fn, a: torch.Tensor):
-    """Linear bounds (lw, lb, uw, ub) of ``a * v`` given a LinFn of v and per-neuron ``a``."""
-    ap, an = a.clamp(min=0), a.clamp(max=0)
-    lw = ap.unsqueeze(1) * fn.lw + an.unsqueeze(1) * fn.uw
-    uw = ap.unsqueeze(1) * fn.uw + an.unsqueeze(1) * fn.lw
-    return lw, ap * fn.lb + an * fn.ub, uw, ap * fn.ub + an * fn.lb
-
-
-def bilinear_forward(node, fns, bounds, lines):
-    """Forward-mode rule of ``mul``: the McCormick planes composed with both inputs' functions."""
-    from verifier.bounds.forward import LinFn
-
-    (lx, ux), (ly, uy) = bounds
-    ax, ay, b_lo, b_hi = mccormick(lx, ux, ly, uy)
-    xl = _scaled(fns[0], ax)
-    yl = _scaled(fns[1], ay)
-    return LinFn(xl[0] + yl[0], xl[1] + yl[1] + b_lo, xl[2] + yl[2], xl[3] + yl[3] + b_hi)
-
-
 # ------------------------------------------------------------------------------------ matmul
-def _mm_planes(in_bounds):
+def mm_planes(in_bounds):
     """Per-sample (mid1, mid2, lower intercept, upper intercept) of the averaged McCormick planes of x1 @ x2."""
     (l1, u1), (l2, u2) = in_bounds
     mid1, mid2 = (l1 + u1) / 2, (l2 + u2) / 2
@@ -264,22 +245,6 @@ class MatMulOp(BoundOp):
 
     def backward(self, node, A, in_bounds, relax_state):
         """A_x1 = A @ mid2^T, A_x2 = mid1^T @ A; the intercept depends on the sign of A."""
-        mid1, mid2, b_lo, b_hi = (t.unsqueeze(1) for t in _mm_planes(in_bounds))
+        mid1, mid2, b_lo, b_hi = (t.unsqueeze(1) for t in mm_planes(in_bounds))
         bias = sum_dims(A.clamp(min=0) * b_lo + A.clamp(max=0) * b_hi)
         return [A @ mid2.transpose(-1, -2), mid1.transpose(-1, -2) @ A], bias
-
-
-def matmul_forward(node, fns, bounds, lines):
-    """Forward-mode rule of ``matmul``: the summed McCormick planes composed with both inputs' functions."""
-    from verifier.bounds.forward import LinFn
-
-    mid1, mid2, b_lo, b_hi = _mm_planes(bounds)
-    f1, f2 = fns
-    p2, n2 = mid2.clamp(min=0), mid2.clamp(max=0)
-    p1, n1 = mid1.clamp(min=0), mid1.clamp(max=0)
-    P2, N2, P1, N1 = (t.unsqueeze(1) for t in (p2, n2, p1, n1))
-    lw = f1.lw @ P2 + f1.uw @ N2 + P1 @ f2.lw + N1 @ f2.uw
-    uw = f1.uw @ P2 + f1.lw @ N2 + P1 @ f2.uw + N1 @ f2.lw
-    lb = f1.lb @ p2 + f1.ub @ n2 + p1 @ f2.lb + n1 @ f2.ub + b_lo
-    ub = f1.ub @ p2 + f1.lb @ n2 + p1 @ f2.ub + n1 @ f2.lb + b_hi
-    return LinFn(lw, lb, uw, ub)

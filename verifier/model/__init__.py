@@ -5,7 +5,7 @@ safety checks: numpy and onnx only) can be imported without torch, e.g. by the s
 """
 import importlib
 
-_WHERE = {"Graph": "graph", "Node": "graph", "ONNX_OPS": "onnx_loader", "Model": "onnx_loader",
+_WHERE = {"Graph": "graph", "Node": "node", "ONNX_OPS": "onnx_loader", "Model": "onnx_loader",
           "ModelLoadError": "onnx_file", "UnsupportedModelError": "onnx_file", "load_onnx": "onnx_loader",
           "load_onnx_bytes": "onnx_loader"}
 

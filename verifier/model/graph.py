@@ -50,35 +50,12 @@ The graph is never mutated after loading: bound propagation returns values.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from types import MappingProxyType
-from typing import Any, Mapping
+from dataclasses import dataclass
 
 import torch
 
-
-@dataclass(frozen=True, eq=False)
-class Node:
-    """One canonical op applied to earlier values (or to the graph input)."""
-
-    name: str
-    op: str
-    inputs: tuple[str, ...]
-    shape: tuple[int, ...]
-    params: Mapping[str, torch.Tensor | None] = field(default_factory=dict)
-    attrs: Mapping[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self):
-        object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
-        object.__setattr__(self, "attrs", MappingProxyType(dict(self.attrs)))
-
-    @property
-    def size(self) -> int:
-        """Number of scalar values per sample."""
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+from verifier.model.node import Node
+from verifier.model.ops import evaluate
 
 
 @dataclass(frozen=True, eq=False)
@@ -159,8 +136,6 @@ class Graph:
 
         Returns the output [B, *output_shape], or with ``keep`` the dict of every value.
         """
-        from verifier.model.ops import evaluate
-
         values = {self.input_name: x}
         for node in self.nodes:
             values[node.name] = evaluate(node, [values[i] for i in node.inputs])

@@ -6,7 +6,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from verifier.model.graph import Node
+from verifier.model.node import Node
 
 ForwardFn = Callable[[Node, list[torch.Tensor]], torch.Tensor]
 
