@@ -159,8 +159,8 @@ def _is_query(path) -> bool:
 
 def _load_query(model, path, float_as_real: bool):
     """A 2.0 query of one network, compiled with ``model`` (a path or a loaded ``Model``) bound to it."""
-    from verifier.query import QueryError, compile_query
-    from verifier.spec.vnnlib2 import load_query
+    from verifier.query.compile import compile_query
+    from verifier.spec.vnnlib2 import QueryError, load_query
 
     try:
         query = load_query(path)

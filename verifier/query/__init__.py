@@ -10,11 +10,8 @@ query version.
 """
 from __future__ import annotations
 
-from fractions import Fraction
-
-import numpy as np
-
 from verifier.query.compile import Compiled, EmptyQuery, QueryModel, compile_query
+from verifier.query.witness import confirm, witness_lines
 from verifier.spec.vnnlib2 import Query, QueryError, load_query, version_of
 
 __all__ = ["Compiled", "QueryError", "QueryModel", "check_query", "compile_files", "confirm", "verify_query",
@@ -61,51 +58,6 @@ def verify_query(query_path, networks: dict[str, str], config=None, float_as_rea
     result = verify(compiled.model, compiled.spec, config, **kwargs)
     result.timings["compile"] = time.monotonic() - t0 - result.timings.get("total", 0.0)
     return result, compiled
-
-
-def confirm(compiled: Compiled, z: np.ndarray, observed: np.ndarray) -> bool:
-    """Whether (z, observed) satisfies every atom of some disjunct, in exact arithmetic."""
-    values = _values(compiled, z, observed)
-    return any(all(_holds(atom, values) for atom in term) for term in compiled.terms)
-
-
-def _values(compiled: Compiled, z: np.ndarray, observed: np.ndarray) -> dict:
-    """Every declared element's value as an exact rational, keyed like the query's atoms."""
-    q = compiled.query
-    u = compiled.inputs_of(np.asarray(z, dtype=np.float64))
-    values: dict = {}
-    offset = 0
-    for net in compiled.networks:
-        for d in net.observed:
-            k = q.declarations.index(d)
-            for i in range(d.size):
-                values[(k, i)] = Fraction(float(observed[offset + i]))
-            offset += d.size
-        for d in net.inputs:
-            k = q.declarations.index(d)
-            for i in range(d.size):
-                values[(k, i)] = Fraction(float(u[compiled.u_index((k, i))]))
-    return values
-
-
-def _holds(atom, values: dict) -> bool:
-    total = atom.constant
-    for mono, coeff in atom.terms:
-        v = coeff
-        for key in mono:
-            v *= values[key]
-        total += v
-    return total < 0 if atom.op == "<" else total == 0 if atom.op == "==" else total <= 0
-
-
-def witness_lines(compiled: Compiled, z: np.ndarray, observed: np.ndarray) -> list[str]:
-    """The standard's witness: ``NAME[i,j]=value`` for every declared variable, in declaration order."""
-    values = _values(compiled, z, observed)
-    lines = []
-    for k, d in enumerate(compiled.query.declarations):
-        for i in range(d.size):
-            lines.append(f"{d.element(i)}={np.format_float_positional(float(values[(k, i)]), unique=True, trim='0')}")
-    return lines
 
 
 def check_query(query_path, networks: dict[str, str], cert_path, strict: bool = False, float_as_real: bool = False):

@@ -68,7 +68,7 @@ class QueryModel:
 
     def confirm(self, z, observed) -> bool:
         """The exact re-check of a witness against one whole disjunct of the query."""
-        from verifier.query import confirm
+        from verifier.query.witness import confirm
 
         return confirm(self.compiled, z, observed)
 
@@ -95,6 +95,10 @@ class Compiled:
     terms: list[tuple[Atom, ...]] = field(default_factory=list)  # disjunct of each polytope, in spec order
     spec: Spec | None = None
     model: QueryModel | None = None
+
+    def factor(self, key: Key):
+        """Where a monomial's factor lives (``product.Factor``): a network input or an observed element."""
+        return _factor_of(self, key)
 
     def header(self) -> dict:
         """What a certificate records of the query: its version and the networks' file hashes."""
@@ -521,7 +525,7 @@ def _model(c: Compiled, simple: bool) -> QueryModel:
                     else:
                         M[i, zpos[k]] = float(v)
             parts.append(Part(net.name, net.graph, M, const))
-        graph = product_graph(n_z, parts, c.passthrough, [tuple(_factor(c, k) for k in mono) for mono in c.monomials])
+        graph = product_graph(n_z, parts, c.passthrough, [tuple(c.factor(k) for k in mono) for mono in c.monomials])
     names = ",".join(f"{n.name}={n.path}" for n in c.networks)
     digest = hashlib.sha256("".join(f"{n.name}={n.sha256}\n" for n in c.networks).encode()).hexdigest()
     if simple:
@@ -530,8 +534,8 @@ def _model(c: Compiled, simple: bool) -> QueryModel:
     return QueryModel(graph, names, digest, folded, c)
 
 
-def _factor(c: Compiled, key: Key):
-    """Where a monomial's factor lives: a network input element or an observed element."""
+def _factor_of(c: Compiled, key: Key):
+    """``Compiled.factor``'s body."""
     from verifier.query.product import Factor
 
     d = c.query.declarations[key[0]]

@@ -82,8 +82,6 @@ class QueryRunner:
 
     def run(self, z: np.ndarray) -> np.ndarray:
         """Observed vectors [B, n_obs] (float64; a NaN row where the inputs are not representable)."""
-        from verifier.query.compile import _factor
-
         z = np.asarray(z, dtype=np.float64).reshape(-1, self.n_inputs)
         rows = []
         for sample in z:
@@ -100,7 +98,7 @@ class QueryRunner:
             for mono in self.c.monomials:
                 value = 1.0
                 for key in mono:
-                    f = _factor(self.c, key)
+                    f = self.c.factor(key)
                     value *= (us if f.kind == "input" else obs)[f.part][f.index]
                 extra.append(value)
             rows.append(np.concatenate(obs + [np.asarray(extra, dtype=np.float64)]))
