@@ -154,9 +154,7 @@ def _write_evidence(result, certificate_path: str | None, counterexample_path: s
 
         save_certificate(result.certificate, certificate_path)
     if counterexample_path and result.counterexample is not None:
-        from verifier.counterexample import to_json
-
-        _write(counterexample_path, json.dumps(to_json(result.counterexample), indent=1) + "\n")
+        _write(counterexample_path, json.dumps(result.counterexample_json(), indent=1) + "\n")
 
 
 def cmd_bounds(args) -> int:

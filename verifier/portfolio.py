@@ -214,8 +214,8 @@ def _verify(model, spec, config: VerifyConfig, progress, offload=None) -> Result
     try:
         with cpu_threads(_threads(run)):
             _run_route(run)
-        if isinstance(result.certificate, dict) and hasattr(model, "compiled"):
-            result.certificate["query"] = model.compiled.header()
+        if hasattr(model, "compiled"):
+            result.query = _query_record(model.compiled, result)
     except ZeroInIntervalError as exc:  # e.g. a division whose denominator's bounds contain 0
         result.verdict, result.counterexample = Verdict.UNKNOWN, None
         result.reason = f"bounds undefined: {exc}"
@@ -226,6 +226,19 @@ def _verify(model, spec, config: VerifyConfig, progress, offload=None) -> Result
     finally:
         result.timings["total"] = time.monotonic() - t0
     return result
+
+
+def _query_record(compiled, result: Result) -> dict:
+    """A 2.0 query's version and networks (into the certificate too), and the witness by variable name."""
+    from verifier.query.witness import witness_lines
+
+    record = compiled.header()
+    if isinstance(result.certificate, dict):
+        result.certificate["query"] = dict(record)
+    if result.counterexample is not None:
+        lines = witness_lines(compiled, result.counterexample.x, result.counterexample.y)
+        record["witness"] = dict(line.split("=", 1) for line in lines)
+    return record
 
 
 def _threads(run: Run) -> int:

@@ -36,6 +36,18 @@ class Result:
     log: list[str] = field(default_factory=list)
     route: str = ""
     route_reason: str = ""
+    query: dict | None = None   # a VNN-LIB 2.0 query: its version, networks and (on violated) named witness
+
+    def counterexample_json(self) -> dict | None:
+        """The counterexample record (``verifier.counterexample.to_json``), plus the 2.0 query's part."""
+        if self.counterexample is None:
+            return None
+        from verifier.counterexample import to_json
+
+        record = to_json(self.counterexample)
+        if self.query is not None:
+            record["query"] = self.query
+        return record
 
     def vnncomp_text(self) -> str:
         """The VNN-COMP result block (``sat`` + witness, or a single word)."""
@@ -47,11 +59,7 @@ class Result:
 
     def to_json(self) -> dict:
         """A JSON-serialisable summary (the counterexample and certificate included)."""
-        cex = None
-        if self.counterexample is not None:
-            from verifier.counterexample import to_json
-
-            cex = to_json(self.counterexample)
+        cex = self.counterexample_json()
         return {
             "verdict": self.verdict.value,
             "result": self.verdict.vnncomp,

@@ -99,15 +99,13 @@ def _columns(result, b, seconds: float, cached: bool) -> dict:
     """The job row's result columns, with the certificate and counterexample stored as blobs."""
     import json
 
-    from verifier.counterexample import to_json
-
     summary = result.to_json()
     summary["model_cached"] = cached
     cert_sha = cex_sha = None
     if result.certificate is not None:
         cert_sha = b.put(json.dumps(result.certificate, separators=(",", ":"), allow_nan=False).encode())
     if result.counterexample is not None:
-        cex_sha = b.put(json.dumps(to_json(result.counterexample), indent=1).encode())
+        cex_sha = b.put(json.dumps(result.counterexample_json(), indent=1).encode())
     return {"verdict": result.verdict.value, "reason": result.reason, "result": clean(summary),
             "result_text": result.vnncomp_text(), "certificate_sha256": cert_sha,
             "counterexample_sha256": cex_sha, "seconds": seconds}

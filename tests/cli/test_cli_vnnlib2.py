@@ -1,6 +1,7 @@
 """The VNN-LIB 2.0 verifier interface of the ``nnverify`` script (run as a subprocess)."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -43,13 +44,18 @@ def test_unsat_and_certificate_check(files, tmp_path):
     assert other.returncode == 1 and "REJECTED" in other.stdout
 
 
-def test_sat_prints_every_declared_variable_in_order(files):
+def test_sat_prints_every_declared_variable_in_order(files, tmp_path):
     d, model = files
-    out = nnverify("verify", str(d / "violated.vnnlib"), "--network", f"f={model}", "--timeout", "30")
+    record = tmp_path / "cex.json"
+    out = nnverify("verify", str(d / "violated.vnnlib"), "--network", f"f={model}", "--timeout", "30",
+                   "--counterexample", str(record))
     lines = out.stdout.splitlines()
     assert lines[0] == "sat" and [line.split("=")[0] for line in lines[1:]] == ["X[0,0]", "X[0,1]", "Y[0,0]"]
     x0, x1, y = (float(line.split("=")[1]) for line in lines[1:])
     assert 0 <= x0 <= 1 and 0 <= x1 <= 1 and y >= 1.5 and abs(y - (x0 + x1)) < 1e-6
+    saved = json.loads(record.read_text())["query"]
+    assert saved["version"] == "2.0" and list(saved["networks"]) == ["f"]
+    assert saved["witness"] == dict(line.split("=") for line in lines[1:])
 
 
 def test_model_and_query_positionals_bind_the_single_network(files):
