@@ -543,6 +543,29 @@ def step_bab(run: Run) -> bool:
     return not run.open_goals()
 
 
+def step_smooth_bab(run: Run) -> bool:
+    """Sigmoid / tanh networks: branch and bound on pre-activation intervals (GenBaB-style)."""
+    from verifier.search.smooth_split import smooth_split
+
+    graph, engine = run.model.graph, _engine(run)
+    run.note(f"bab: bab-smooth ({sum(n.op in ('sigmoid', 'tanh') for n in graph.nodes)} sigmoid/tanh nodes)")
+    t0 = time.monotonic()
+    try:
+        for goal in run.open_goals():
+            reg = run.spec.regions[goal.region]
+            poly = reg.unsafe[goal.polytope]
+            out = smooth_split(engine, graph, reg.lower, reg.upper, poly.A, poly.b, run.deadline, run.config.bab,
+                               progress=_search_progress(run, "bab-smooth"))
+            run.note(f"bab-smooth region {goal.region} polytope {goal.polytope}: {out.status} {out.stats}")
+            if out.status != "holds":
+                run.result.reason = f"bab-smooth: {out.status} on region {goal.region} polytope {goal.polytope}"
+                return False
+            goal.proved, goal.method, goal.proof = True, "bab-smooth", out.log.tree()
+    finally:
+        run.timed("bab", t0)
+    return not run.open_goals()
+
+
 def _search_progress(run: Run, method: str):
     """The counts hook for one branch-and-bound search: ``search`` events, one per ``SEARCH_EVERY`` s."""
     if run.progress is None:
@@ -708,6 +731,7 @@ ROUTES = {
     "sat": (step_sat,),
     "bounds": (step_quick_attack, step_bounds, step_attack, step_bab, step_milp),
     "input-split": (step_quick_attack, step_crown, step_bab),
+    "smooth-bab": (step_quick_attack, step_bounds, step_attack, step_smooth_bab),
 }
 
 
@@ -728,4 +752,6 @@ def choose_route(run: Run):
     why = f"{graph.n_inputs} inputs, ops {', '.join(ops)}; not binarized ({reason})"
     if graph.n_inputs <= run.config.bab.input_split_max_dims:
         return "input-split", why + f"; <= {run.config.bab.input_split_max_dims} inputs: input splitting", ROUTES["input-split"]
+    if "relu" not in ops and ("sigmoid" in ops or "tanh" in ops):
+        return "smooth-bab", why + "; sigmoid/tanh, no relu: pre-activation interval splitting", ROUTES["smooth-bab"]
     return "bounds", why, ROUTES["bounds"]

@@ -142,7 +142,7 @@ def _backward_only(graph: Graph, A, b, leaf: Leaf) -> float:
     from verifier.check.crown import Pass, backward
 
     g = graph.to(dtype=torch.float64)
-    bounds, _, (alphas, betas) = domain_bounds(g, [leaf], with_params=True)
+    bounds, _, (alphas, (betas, _)) = domain_bounds(g, [leaf], with_params=True)
     rows = torch.tensor(A[leaf.row:leaf.row + 1]).reshape(1, 1, -1)
     return float(backward(g, g.output_name, rows, Pass(bounds, alphas, betas))[0, 0]) - float(b[leaf.row])
 

@@ -271,10 +271,10 @@ def _subdivide(graph: Graph, A, b, leaves: list[Leaf], known: list[dict], deadli
 def _whole_box_values(graph: Graph, A, b, leaves: list[Leaf], root: dict) -> list[float]:
     """Bounds of leaves whose domain is the whole region box, from the region's bounds (objective pass only)."""
     n = len(leaves)
-    _, alphas, betas = _split_tensors(graph, leaves, _device_of(graph))
+    _, alphas, (betas, constant) = _split_tensors(graph, leaves, _device_of(graph))
     bounds = {k: (lo.expand((n,) + tuple(lo.shape[1:])), hi.expand((n,) + tuple(hi.shape[1:])))
               for k, (lo, hi) in root.items()}
-    return _row_values(graph, A, b, leaves, Pass(bounds, alphas, betas)).tolist()
+    return _row_values(graph, A, b, leaves, Pass(bounds, alphas, betas, beta_constant=constant)).tolist()
 
 
 def _chunk(graph: Graph) -> int:
@@ -359,8 +359,8 @@ def leaf_bounds(graph: Graph, A: np.ndarray, b: np.ndarray, leaves: list[Leaf], 
     ``known``: bounds on domains containing the leaves (the region box's, ``[1, *shape]``, or each
     leaf's parent's, ``[B, *shape]``), intersected in.
     """
-    bounds, empty, (alphas, betas) = domain_bounds(graph, leaves, known, tighten_all, with_params=True)
-    return _row_values(graph, A, b, leaves, Pass(bounds, alphas, betas), empty)
+    bounds, empty, (alphas, (betas, constant)) = domain_bounds(graph, leaves, known, tighten_all, with_params=True)
+    return _row_values(graph, A, b, leaves, Pass(bounds, alphas, betas, beta_constant=constant), empty)
 
 
 def _row_values(graph: Graph, A, b, leaves: list[Leaf], p: Pass, empty: torch.Tensor | None = None) -> torch.Tensor:
@@ -400,9 +400,11 @@ def _device_of(graph: Graph) -> torch.device:
 
 
 def _split_tensors(graph: Graph, leaves: list[Leaf], dev):
-    """Split masks per value, alphas (NaN = default) and beta coefficients per relu node."""
+    """Split masks per value (relu splits), caps / floors per value (interval splits), alphas (NaN =
+    default) and beta coefficients per relu node."""
     nodes, B, f64 = graph.node_map, len(leaves), torch.float64
-    inactive, active, alphas, betas = {}, {}, {}, {}
+    inactive, active, caps, floors, alphas, betas = {}, {}, {}, {}, {}, {}
+    constant = torch.zeros(B, dtype=f64)       # interval splits' multipliers: sum of beta * s * at
 
     def slot(table, key, fill, dtype):
         if key not in table:
@@ -412,6 +414,17 @@ def _split_tensors(graph: Graph, leaves: list[Leaf], dev):
     for k, leaf in enumerate(leaves):
         for j, s in enumerate(leaf.splits):
             value = nodes[s.node].inputs[0]
+            if nodes[s.node].op != "relu":       # an interval split: z <= at (sign -1) or z >= at
+                if s.sign < 0:
+                    cap = slot(caps, value, math.inf, f64)
+                    cap[k, s.index] = min(float(cap[k, s.index]), s.at)
+                else:
+                    floor = slot(floors, value, -math.inf, f64)
+                    floor[k, s.index] = max(float(floor[k, s.index]), s.at)
+                if leaf.betas is not None and leaf.betas[j] != 0:   # -beta s (z - at): -beta s on z, + beta s at
+                    slot(betas, s.node, 0.0, f64)[k, s.index] += -leaf.betas[j] * s.sign
+                    constant[k] += leaf.betas[j] * s.sign * s.at
+                continue
             slot(inactive if s.sign < 0 else active, value, False, torch.bool)[k, s.index] = True
             if leaf.betas is not None and leaf.betas[j] != 0:
                 slot(betas, s.node, 0.0, f64)[k, s.index] = -leaf.betas[j] * s.sign
@@ -423,5 +436,5 @@ def _split_tensors(graph: Graph, leaves: list[Leaf], dev):
 
     value_shape = graph.shape_of
     node_shape = lambda k: nodes[k].shape  # noqa: E731
-    return ((shaped(inactive, value_shape), shaped(active, value_shape)),
-            shaped(alphas, node_shape), shaped(betas, node_shape))
+    return ((shaped(inactive, value_shape), shaped(active, value_shape), shaped(caps, value_shape),
+             shaped(floors, value_shape)), shaped(alphas, node_shape), (shaped(betas, node_shape), constant.to(dev)))

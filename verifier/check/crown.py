@@ -40,6 +40,8 @@ class Domains:
     upper: torch.Tensor
     inactive: dict[str, torch.Tensor] = field(default_factory=dict)   # value name -> bool [B, *shape]
     active: dict[str, torch.Tensor] = field(default_factory=dict)
+    caps: dict[str, torch.Tensor] = field(default_factory=dict)       # interval splits: value <= cap (+inf: none)
+    floors: dict[str, torch.Tensor] = field(default_factory=dict)     # ... value >= floor (-inf: none)
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,8 @@ class Pass:
 
     bounds: dict[str, Interval]
     alphas: dict[str, torch.Tensor] = field(default_factory=dict)     # relu node -> [B, *shape], NaN = default
-    betas: dict[str, torch.Tensor] = field(default_factory=dict)      # relu node -> -beta*s, [B, *shape]
+    betas: dict[str, torch.Tensor] = field(default_factory=dict)      # split node -> -beta*s, [B, *shape]
+    beta_constant: torch.Tensor | None = None                          # [B]: sum of beta*s*at (interval splits)
     relaxed: dict[str, relaxation.Relaxation] = field(default_factory=dict)  # cache: bounds are final once set
 
 
@@ -398,6 +401,10 @@ def _clamp(name: str, lu: Interval, dom: Domains, empty: torch.Tensor) -> Interv
         u = torch.where(dom.inactive[name], u.clamp(max=0), u)
     if name in dom.active:
         l = torch.where(dom.active[name], l.clamp(min=0), l)
+    if name in dom.caps:
+        u = torch.minimum(u, dom.caps[name])
+    if name in dom.floors:
+        l = torch.maximum(l, dom.floors[name])
     tol = EMPTY_TOL * (1 + l.abs() + u.abs())
     empty |= (l > u + tol).flatten(1).any(1)
     return torch.minimum(l, u), torch.maximum(l, u)
@@ -448,6 +455,8 @@ def objective_lower(graph: Graph, p: Pass, rows: torch.Tensor, rhs: torch.Tensor
     """
     A = rows.reshape((rows.shape[0], 1) + tuple(graph.output_shape))
     back = backward(graph, graph.output_name, A, p)[:, 0] - rhs
+    if p.beta_constant is not None:
+        back = back + p.beta_constant
     lo, hi = (t.flatten(1) for t in p.bounds[graph.output_name])
     interval = (rows.clamp(min=0) * lo + rows.clamp(max=0) * hi).sum(1) - rhs
     return torch.maximum(back, torch.nan_to_num(interval, nan=-math.inf))

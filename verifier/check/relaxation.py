@@ -3,9 +3,14 @@
 Each rule returns (lw, lb, uw, ub), all ``[B, *shape]``, valid for every z in [l, u]. ReLU and
 leaky ReLU take an optional lower slope ``alpha`` (NaN entries mean "default slope").
 Sigmoid, tanh and erf are convex for z <= 0 and concave for z >= 0: on a one-signed interval the
-chord bounds one side and the tangent at the midpoint the other; on a mixed interval both lines
-have the smallest derivative on the interval as slope (through f(l) below and f(u) above), which
-holds because f(z) - f(l) >= d_min (z - l) and f(u) - f(z) >= d_min (u - z).
+chord bounds one side and the tangent at the midpoint the other. On a mixed interval (l < 0 < u)
+the upper line is the tangent at a point d >= 0 that passes on or above (l, f(l)): the tangent
+at d >= 0 is above f on [0, inf) (concavity), above f(0), and above f(l), so above the chord of
+the convex part [l, 0] too. d is found by bisection on [0, u] and the condition is re-checked
+at the d used; when even the tangent at u stays below f(l), the chord from l to u is above f.
+Where neither holds numerically, the lines with the smallest derivative on the interval as slope
+(through f(l) below and f(u) above) are used: f(z) - f(l) >= d_min (z - l), f(u) - f(z) >= d_min (u - z).
+The lower line is the upper line of the point-reflected function.
 
 Floor, ceil and round are staircases with unit jumps; see ``step``.
 """
@@ -54,11 +59,40 @@ def leaky_relu(l: torch.Tensor, u: torch.Tensor, slope: float, alpha: torch.Tens
     return lw, lb, uw, ub
 
 
-def _s_shaped(f: Callable, df: Callable, l: torch.Tensor, u: torch.Tensor) -> Relaxation:
-    """Sigmoid-like op (convex below 0, concave above, derivative peaking at 0)."""
+_BISECT = 40      # bisection steps for the mixed-interval tangent point
+_PAD = 1e-12     # relative padding of a mixed-interval tangent line's intercept
+
+
+def _mixed_upper(f: Callable, df: Callable, l: torch.Tensor, u: torch.Tensor):
+    """(slope, intercept, valid) of an upper line on [l, u] with l < 0 < u (see the module docstring)."""
+    fl, fu = f(l), f(u)
+    lo, hi = torch.zeros_like(u), u.clone()
+    for _ in range(_BISECT):
+        mid = (lo + hi) / 2
+        above = f(mid) + df(mid) * (l - mid) >= fl
+        hi, lo = torch.where(above, mid, hi), torch.where(above, lo, mid)
+    slope = df(hi)
+    bias = f(hi) - slope * hi
+    bias = bias + _PAD * (1 + bias.abs() + slope.abs() * torch.maximum(l.abs(), u.abs()))
+    tangent_ok = slope * l + bias >= fl
+    at_u = df(u) * (l - u) + fu < fl                   # the tangent at u stays below f(l): the chord is valid
+    chord = (fu - fl) / (u - l).clamp(min=_NARROW)
+    chord_b = fl - chord * l + _PAD * (1 + fl.abs() + chord.abs() * torch.maximum(l.abs(), u.abs()))
+    slope = torch.where(tangent_ok, slope, chord)
+    bias = torch.where(tangent_ok, bias, chord_b)
+    return slope, bias, tangent_ok | at_u
+
+
+def _s_shaped(f: Callable, df: Callable, l: torch.Tensor, u: torch.Tensor, centre: float = 0.0) -> Relaxation:
+    """Sigmoid-like op (convex below 0, concave above, derivative peaking at 0, f(-z) = 2 centre - f(z))."""
     fl, fu = f(l), f(u)
     d_min = torch.minimum(df(l), df(u))
     lw, lb, uw, ub = d_min, fl - d_min * l, d_min.clone(), fu - d_min * u
+    mixed = ((u - l) > _NARROW) & (l < 0) & (u > 0)
+    us, ubias, u_ok = _mixed_upper(f, df, l, u)
+    ls, nbias, l_ok = _mixed_upper(f, df, -u, -l)       # upper line of -f(-z) reflected: a lower line of f
+    uw, ub = torch.where(mixed & u_ok, us, uw), torch.where(mixed & u_ok, ubias, ub)
+    lw, lb = torch.where(mixed & l_ok, ls, lw), torch.where(mixed & l_ok, 2 * centre - nbias, lb)
     wide = (u - l) > _NARROW
     chord = (fu - fl) / torch.where(wide, u - l, torch.ones_like(l))
     chord_b = fl - chord * l
@@ -75,7 +109,7 @@ def _s_shaped(f: Callable, df: Callable, l: torch.Tensor, u: torch.Tensor) -> Re
 
 def sigmoid(l: torch.Tensor, u: torch.Tensor) -> Relaxation:
     """Sigmoid relaxation."""
-    return _s_shaped(torch.sigmoid, lambda z: torch.sigmoid(z) * (1 - torch.sigmoid(z)), l, u)
+    return _s_shaped(torch.sigmoid, lambda z: torch.sigmoid(z) * (1 - torch.sigmoid(z)), l, u, 0.5)
 
 
 def tanh(l: torch.Tensor, u: torch.Tensor) -> Relaxation:

@@ -39,13 +39,21 @@ class ArrayStore:
         return np.dtype(self._raw[key]["dtype"])
 
 
+INTERVAL_OPS = ("sigmoid", "tanh")   # activations whose pre-activation interval may be split (GenBaB)
+
+
 @dataclass(frozen=True)
 class Split:
-    """A ReLU split on a path: neuron ``index`` of the input of relu ``node``; sign -1 (z <= 0) or +1."""
+    """A split on a path: neuron ``index`` of the input z of ``node``; sign -1 (z <= at) or +1 (z >= at).
+
+    A relu split has ``at`` = 0; an interval split (node an ``INTERVAL_OPS`` activation) any finite
+    ``at``: its two children cover every z whatever the point, so any point is sound.
+    """
 
     node: str
     index: int
     sign: int
+    at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -80,6 +88,7 @@ def walk(tree: Any, lower: np.ndarray, upper: np.ndarray, rows: int, graph: Grap
     leaves: list[Leaf] = []
     stack = [(tree, lower, upper, tuple(splits), where)]
     relus = {n.name: n for n in graph.nodes if n.op == "relu"}
+    smooth = {n.name: n for n in graph.nodes if n.op in INTERVAL_OPS}
     while stack:
         node, lo, hi, splits, at = stack.pop()
         if not isinstance(node, dict) or len(node) == 0:
@@ -90,7 +99,7 @@ def walk(tree: Any, lower: np.ndarray, upper: np.ndarray, rows: int, graph: Grap
             children = node["children"]
             if not isinstance(children, list) or len(children) != 2:
                 raise CertificateError(f"{at}: a split needs exactly 2 children")
-            kids = _children(node["split"], lo, hi, splits, relus, at)
+            kids = _children(node["split"], lo, hi, splits, relus, at, smooth)
             if inner is not None:
                 inner[at] = (lo, hi, splits)
             for child, (clo, chi, csplits, cat) in reversed(list(zip(children, kids))):
@@ -128,7 +137,7 @@ def parent_path(path: str) -> str:
     return path[:-2]
 
 
-def _children(split: Any, lo, hi, splits: tuple[Split, ...], relus: dict, at: str) -> list[tuple]:
+def _children(split: Any, lo, hi, splits: tuple[Split, ...], relus: dict, at: str, smooth: dict | None = None) -> list[tuple]:
     """The two child domains of a split node (after validating the split)."""
     if not isinstance(split, dict):
         raise CertificateError(f"{at}: split must be an object")
@@ -154,7 +163,19 @@ def _children(split: Any, lo, hi, splits: tuple[Split, ...], relus: dict, at: st
             raise CertificateError(f"{at}: neuron {index} of relu {name!r} is split twice on one path")
         return [(lo, hi, splits + (Split(name, index, -1),), at + ".I"),
                 (lo, hi, splits + (Split(name, index, +1),), at + ".A")]
-    raise CertificateError(f"{at}: unknown split {split!r} (kind input: dim, at; kind relu: node, index)")
+    if kind == "interval" and set(split) == {"kind", "node", "index", "at"}:
+        name, index, point = split["node"], split["index"], split["at"]
+        if name not in (smooth or {}):
+            raise CertificateError(f"{at}: interval split names {name!r}, which is not a {'/'.join(INTERVAL_OPS)} node")
+        size = int(np.prod(smooth[name].shape))
+        if not _is_int(index) or not 0 <= index < size:
+            raise CertificateError(f"{at}: interval split index {index!r} is not in [0, {size}) for node {name!r}")
+        if not _is_real(point):
+            raise CertificateError(f"{at}: interval split point {point!r} is not a finite number")
+        return [(lo, hi, splits + (Split(name, index, -1, float(point)),), at + ".I"),
+                (lo, hi, splits + (Split(name, index, +1, float(point)),), at + ".A")]
+    raise CertificateError(f"{at}: unknown split {split!r} (kind input: dim, at; kind relu: node, index; "
+                           "kind interval: node, index, at)")
 
 
 def _leaf(body: Any, lo, hi, splits, rows: int, graph: Graph, relus: dict, array: ArrayStore, at: str) -> Leaf:
