@@ -49,16 +49,21 @@ class VnnlibError(ValueError):
     """Malformed or unsupported VNN-LIB text; the message reads ``<source>:<line>: <reason>``."""
 
 
-def load_vnnlib(path, max_terms: int = MAX_TERMS) -> Spec:
-    """Parse a ``.vnnlib`` or gzip-compressed ``.vnnlib.gz`` file into a ``Spec``."""
-    source = str(path)
+def read_spec_file(path, error: type[ValueError] = None) -> bytes:
+    """A spec file's bytes, gunzipped when gzip-compressed; ``error`` (default ``VnnlibError``) if corrupt."""
     data = Path(path).read_bytes()
     if data[:2] == b"\x1f\x8b":
         try:
             data = gzip.decompress(data)
         except (OSError, EOFError, zlib.error) as exc:
-            raise VnnlibError(f"{source}:1: corrupt gzip data ({exc})") from None
-    return parse_vnnlib(data.decode("utf-8", errors="replace"), source, max_terms=max_terms)
+            raise (error or VnnlibError)(f"{path}:1: corrupt gzip data ({exc})") from None
+    return data
+
+
+def load_vnnlib(path, max_terms: int = MAX_TERMS) -> Spec:
+    """Parse a ``.vnnlib`` or gzip-compressed ``.vnnlib.gz`` file into a ``Spec``."""
+    data = read_spec_file(path)
+    return parse_vnnlib(data.decode("utf-8", errors="replace"), str(path), max_terms=max_terms)
 
 
 def parse_vnnlib(text: str, source: str = "", max_terms: int = MAX_TERMS) -> Spec:

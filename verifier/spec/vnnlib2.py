@@ -22,7 +22,6 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 from itertools import product
-from pathlib import Path
 
 MAX_TERMS = 100_000
 MAX_MONOMIALS = 10_000       # per polynomial, after expanding products
@@ -138,15 +137,9 @@ def version_of(data: bytes | str) -> str | None:
 
 def load_query(path, max_terms: int = MAX_TERMS) -> Query:
     """Parse a VNN-LIB 2.0 file (plain text) into a ``Query``."""
-    data = Path(path).read_bytes()
-    if data[:2] == b"\x1f\x8b":
-        import gzip
-        import zlib
+    from verifier.spec.vnnlib import read_spec_file
 
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise QueryError(f"{path}:1: corrupt gzip data ({exc})") from None
+    data = read_spec_file(path, QueryError)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
