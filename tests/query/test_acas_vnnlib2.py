@@ -21,13 +21,13 @@ INPUT_SHAPE, OUTPUT_SHAPE = (1, 1, 1, 5), (1, 5)   # the ACAS Xu ONNX files' own
 TIMEOUT = 30.0
 
 # (network "a_b", property): the five fastest of props 1-4 in benchmarks/results/acasxu-full-116s
-# (tool_time_s), plus the two decided instances of props 8 and 10 there.
+# (tool_time_s), plus prop 8's one instance (prop 10's takes 15 s per path: its spec equality is tested above).
 INSTANCES = [
     ("1_9", "prop_1"), ("1_7", "prop_1"), ("1_8", "prop_1"), ("1_1", "prop_1"), ("1_5", "prop_1"),
     ("4_5", "prop_2"), ("4_6", "prop_2"), ("4_3", "prop_2"), ("5_4", "prop_2"), ("5_1", "prop_2"),
     ("1_9", "prop_3"), ("1_8", "prop_3"), ("1_7", "prop_3"), ("2_4", "prop_3"), ("4_5", "prop_3"),
     ("1_7", "prop_4"), ("1_9", "prop_4"), ("1_8", "prop_4"), ("5_6", "prop_4"), ("2_9", "prop_4"),
-    ("2_9", "prop_8"), ("4_5", "prop_10"),
+    ("2_9", "prop_8"),
 ]
 _WITNESS = re.compile(r"([XY])\[([0-9,]+)\]=(\S+)\Z")
 
