@@ -86,26 +86,38 @@ class SmoothSplitLog:
 
 @dataclass
 class _Domains:
-    """Pending domains: per pre-activation value, floors / caps [N, n] (+-inf: no constraint)."""
+    """Pending domains: per pre-activation value, the split constraints as floors / caps [N, n]
+    (+-inf: none), and the parent's bounds of that value (``known``: valid on the child, which lies
+    inside the parent), intersected in when the domain is bounded."""
 
     floors: dict[str, torch.Tensor]
     caps: dict[str, torch.Tensor]
     ids: list[int]
     depth: list[int]
+    known: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def _tables(self):
+        return [self.floors, self.caps] + ([] if self.known is None else [self.known])
 
     def take(self, n: int) -> "_Domains":
         """Remove and return the last ``n`` domains (depth first)."""
         k = len(self.ids) - n
-        out = _Domains({v: t[k:] for v, t in self.floors.items()}, {v: t[k:] for v, t in self.caps.items()},
-                       self.ids[k:], self.depth[k:])
-        self.floors = {v: t[:k] for v, t in self.floors.items()}
-        self.caps = {v: t[:k] for v, t in self.caps.items()}
+        cut = lambda t, s: (t[0][s], t[1][s]) if isinstance(t, tuple) else t[s]  # noqa: E731
+        out = _Domains(*[{v: cut(t, slice(k, None)) for v, t in d.items()} for d in self._tables()[:2]],
+                       self.ids[k:], self.depth[k:],
+                       None if self.known is None else {v: cut(t, slice(k, None)) for v, t in self.known.items()})
+        self.floors, self.caps = ({v: t[:k] for v, t in d.items()} for d in (self.floors, self.caps))
+        if self.known is not None:
+            self.known = {v: (lo[:k], hi[:k]) for v, (lo, hi) in self.known.items()}
         self.ids, self.depth = self.ids[:k], self.depth[:k]
         return out
 
     def add(self, other: "_Domains") -> None:
         self.floors = {v: torch.cat([t, other.floors[v]]) for v, t in self.floors.items()}
         self.caps = {v: torch.cat([t, other.caps[v]]) for v, t in self.caps.items()}
+        if self.known is not None and other.known is not None:
+            self.known = {v: (torch.cat([lo, other.known[v][0]]), torch.cat([hi, other.known[v][1]]))
+                          for v, (lo, hi) in self.known.items()}
         self.ids, self.depth = self.ids + other.ids, self.depth + other.depth
 
 
@@ -129,8 +141,9 @@ def smooth_split(engine, graph, lower: np.ndarray, upper: np.ndarray, A: np.ndar
     node_of = {v: node for node, v in values}
     value_of = {node: v for node, v in values}
     sizes = {v: engine.graph.node_map[node].size for node, v in values}
-    pending = _Domains({v: torch.full((1, n), -math.inf, dtype=dtype, device=dev) for v, n in sizes.items()},
-                       {v: torch.full((1, n), math.inf, dtype=dtype, device=dev) for v, n in sizes.items()}, [0], [0])
+    neg = {v: torch.full((1, n), -math.inf, dtype=dtype, device=dev) for v, n in sizes.items()}
+    pos = {v: torch.full((1, n), math.inf, dtype=dtype, device=dev) for v, n in sizes.items()}
+    pending = _Domains(dict(neg), dict(pos), [0], [0], {v: (neg[v], pos[v]) for v in sizes})
     next_id, visited, max_depth = 1, 0, 0
     while pending.ids:
         if progress is not None:
@@ -142,8 +155,9 @@ def smooth_split(engine, graph, lower: np.ndarray, upper: np.ndarray, A: np.ndar
         batch = pending.take(min(BATCH, len(pending.ids)))
         n = len(batch.ids)
         visited += n
-        known = {v: (batch.floors[v].reshape((n,) + tuple(engine.graph.shape_of(v))),
-                     batch.caps[v].reshape((n,) + tuple(engine.graph.shape_of(v)))) for v in sizes}
+        known = {v: (torch.maximum(batch.floors[v], batch.known[v][0]).reshape((n,) + tuple(engine.graph.shape_of(v))),
+                     torch.minimum(batch.caps[v], batch.known[v][1]).reshape((n,) + tuple(engine.graph.shape_of(v))))
+                 for v in sizes}
         res = engine.compute(lo.expand(n, -1), hi.expand(n, -1), C.expand(n, -1, -1), method="crown",
                              intermediate=known, want_upper=False)
         bounds = {v: (res.intermediate[v][0].reshape(n, -1), res.intermediate[v][1].reshape(n, -1)) for v in sizes}
@@ -277,7 +291,8 @@ def _split(engine, batch: _Domains, open_: list[int], bounds: dict, node_of: dic
         log.add_split(batch.ids[i], node_of[v], k, at, low, high)
         ids += [low, high]
         depth += [batch.depth[i] + 1] * 2
-    return _Domains(floors, caps, ids, depth)
+    known = {v: (bounds[v][0][open_].repeat_interleave(2, 0), bounds[v][1][open_].repeat_interleave(2, 0)) for v in names}
+    return _Domains(floors, caps, ids, depth, known)
 
 
 def _scores(engine, batch: _Domains, open_: list[int], bounds: dict, lo, hi, rows) -> dict[str, torch.Tensor]:
