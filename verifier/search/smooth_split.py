@@ -10,9 +10,8 @@ gets the tight convex / concave bounds.
 
 * Split point: 0 (the inflection point of sigmoid and tanh) when the interval straddles it, so
   both pieces are convex or concave; else the midpoint.
-* Neuron choice: the largest estimated bound gain, |coefficient of z_k in the objective's linear
-  bound| x (relaxation gap of the neuron), both read off one CROWN pass (``want_coeffs``) -- see
-  ``_scores``.
+* Neuron choice: the largest estimated bound gain, |coefficient of the activation's output in the
+  objective's backward pass| x (the gap between its relaxation lines), BaBSR-style -- see ``_scores``.
 * Split constraints enter the objective as Lagrangian terms, as beta-CROWN does for ReLU splits:
   ``z_k <= p`` adds ``-beta (p - z_k)`` and ``z_k >= p`` adds ``-beta (z_k - p)`` (both <= 0 on the
   domain, so any beta >= 0 keeps the bound sound); the betas are optimised by projected Adam for
@@ -174,7 +173,7 @@ def smooth_split(engine, graph, lower: np.ndarray, upper: np.ndarray, A: np.ndar
         open_ = [i for i in range(n) if not bool(proved[i])]
         if not open_:
             continue
-        children = _split(engine, batch, open_, bounds, node_of, next_id, log, lo, hi, C[0][row[open_]])
+        children = _split(engine, batch, open_, bounds, node_of, next_id, log, res.intermediate, C[0][row[open_]])
         if children is None:
             return _outcome("unknown", log, visited, pending, max_depth, t0, "a domain has no neuron left to split")
         next_id += 2 * len(open_)
@@ -265,9 +264,9 @@ def _empty(bounds: dict) -> torch.Tensor:
 
 
 def _split(engine, batch: _Domains, open_: list[int], bounds: dict, node_of: dict, next_id: int,
-           log: SmoothSplitLog, lo, hi, rows) -> _Domains | None:
+           log: SmoothSplitLog, intermediate: dict, rows) -> _Domains | None:
     """Both children of every open domain: the best-scored neuron split at 0 or its midpoint."""
-    scores = _scores(engine, batch, open_, bounds, lo, hi, rows)
+    scores = _scores(engine, intermediate, open_, node_of, rows)
     names = list(bounds)
     floors = {v: batch.floors[v][open_].repeat_interleave(2, 0) for v in names}
     caps = {v: batch.caps[v][open_].repeat_interleave(2, 0) for v in names}
@@ -295,45 +294,39 @@ def _split(engine, batch: _Domains, open_: list[int], bounds: dict, node_of: dic
     return _Domains(floors, caps, ids, depth, known)
 
 
-def _scores(engine, batch: _Domains, open_: list[int], bounds: dict, lo, hi, rows) -> dict[str, torch.Tensor]:
-    """Per open domain and neuron: estimated gain of splitting it (0 where the interval is a point).
+def _scores(engine, intermediate: dict, open_: list[int], node_of: dict, rows) -> dict[str, torch.Tensor]:
+    """Per open domain and neuron: the estimated bound gain of splitting it (BaBSR-style).
 
-    The gap of the neuron's relaxation is taken as ``width * max slope / 4`` over its interval (the
-    most a chord and a tangent can differ on an S-curve piece), weighted by the neuron's share of
-    the objective: the width of its interval times the objective's sensitivity, estimated by the
-    gradient of the row closest to proved at the box centre. Splitting where both are large
-    moves the bound most.
+    One backward CROWN pass of the row closest to proved records the coefficient ``a_k`` of the
+    objective on each activation's output; the neuron's relaxation gap is the largest distance
+    between its upper and lower lines over its interval. ``|a_k| x gap_k`` is what the neuron's
+    relaxation costs the bound, and a split at the inflection point or midpoint removes most of it.
     """
-    with torch.enable_grad():
-        x = ((lo + hi) / 2).reshape((1,) + tuple(engine.graph.input_shape)).detach().requires_grad_(True)
-        values = engine.graph.forward(x, keep=True)
-        for v in bounds:
-            values[v].retain_grad()
-        (values[engine.graph.output_name].reshape(1, -1) @ rows.T).sum().backward()
-        grads = {v: torch.zeros_like(values[v]).reshape(-1) if values[v].grad is None
-                 else values[v].grad.reshape(-1).abs() for v in bounds}
-    out_scores = {}
-    for v, (l, u) in bounds.items():
-        l, u = l[open_], u[open_]
-        width = (u - l).clamp(min=0)
-        finite = torch.isfinite(width)
-        op = engine.graph.node_map[_consumer(engine.graph, v)].op
-        slope = _max_slope(op, l, u)
-        out_scores[v] = torch.where(finite, width * width * slope * (grads[v] + 1e-6), torch.zeros_like(width))
-    return out_scores
+    graph = engine.graph
+    sub = {name: (lo[open_], hi[open_]) for name, (lo, hi) in intermediate.items()}
+    A = rows.reshape((len(open_), 1) + tuple(graph.output_shape))
+    lines = {}
 
+    def relax(node) -> RelaxState:
+        l, u = sub[node.inputs[0]]
+        state = tuple(t.unsqueeze(1) for t in OPS[node.op].relax(node, l, u))
+        lines[node.name] = state
+        return RelaxState(*state)
 
-def _consumer(graph, value: str) -> str:
-    return next(n.name for n in graph.nodes if n.op in SMOOTH_OPS and n.inputs[0] == value)
-
-
-def _max_slope(op: str, l: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """The largest derivative of sigmoid / tanh on [l, u] (at the point of the interval nearest 0)."""
-    z = torch.where(l > 0, l, torch.where(u < 0, u, torch.zeros_like(l)))
-    if op == "sigmoid":
-        s = torch.sigmoid(z)
-        return s * (1 - s)
-    return 1 - torch.tanh(z) ** 2
+    record: dict = {}
+    with torch.no_grad():
+        backward_to_input(graph, graph.output_name, A, sub, relax, engine.scope[graph.output_name], record)
+    out = {}
+    for v, node in node_of.items():
+        l, u = (t.reshape(len(open_), -1) for t in sub[v])
+        if node not in record:
+            out[v] = torch.zeros_like(l)
+            continue
+        lw, lb, uw, ub = (t.reshape(len(open_), -1) for t in lines[node])
+        gap = torch.maximum((uw - lw) * l + (ub - lb), (uw - lw) * u + (ub - lb)).clamp(min=0)
+        a = record[node].reshape(len(open_), -1).abs()
+        out[v] = torch.where(torch.isfinite(gap) & (u > l), a * gap, torch.zeros_like(gap))
+    return out
 
 
 def _outcome(status: str, log: SmoothSplitLog, visited: int, pending: _Domains, depth: int, t0: float,
