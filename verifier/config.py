@@ -59,7 +59,7 @@ class BabConfig:
     local_share: float = 0.1     # input splitting: share of the search time given to local search
     local_steps: int = 30        # generations per round of local search (short rounds from fresh starts pay best)
     parallel_after: float = 2.0  # input splitting with workers > 1: seconds of one-process search first
-    distribute_after: float = 5.0  # input splitting with an offload (a worker pool): seconds before chunks ship
+    distribute_after: float = 5.0  # branch and bound with an offload (a worker pool): seconds before chunks ship
 
     def __post_init__(self):
         if self.input_branching not in ("coeff", "gradient", "both"):

@@ -527,8 +527,9 @@ def step_bab(run: Run) -> bool:
         for goal in run.open_goals():
             reg = run.spec.regions[goal.region]
             poly = reg.unsafe[goal.polytope]
-            extra = {"falsify": [(p.A, p.b) for p in reg.unsafe], "workers": _workers(run), "offload": run.offload,
-                     "goal": (goal.region, goal.polytope), "aux": poly.aux} if by_input else {}
+            extra = {"offload": run.offload, "goal": (goal.region, goal.polytope)}
+            if by_input:
+                extra.update(falsify=[(p.A, p.b) for p in reg.unsafe], workers=_workers(run), aux=poly.aux)
             out = search(engine, graph, reg.lower, reg.upper, poly.A, poly.b, check, run.deadline, run.config.bab,
                          device=run.device, progress=_search_progress(run, method), **extra)
             run.note(f"{method} region {goal.region} polytope {goal.polytope}: {out.status} {out.stats}")

@@ -1,4 +1,5 @@
-"""The Celery pool as the input-split search's ``Offload``: chunks go out as tasks, results come back via Redis.
+"""The Celery pool as the branch-and-bound search's ``Offload`` (input or ReLU splitting): chunks go out as
+tasks, results come back via Redis.
 
 Home side (the job's worker process): ``ChunkPool`` sends each chunk as the task
 ``nnverify.search_chunk`` on the job's queue (priority 0: ahead of new jobs) and polls one
@@ -107,7 +108,7 @@ class ChunkPool:
             if raw is not None:
                 res = ChunkResult.from_json(json.loads(raw))
                 del self.out[tag]
-                if res.worker and res.status in ("holds", "violated"):
+                if res.worker and res.status in ("holds", "violated", "partial"):
                     self.workers.add(res.worker)
                 got.append(res)
         return got
@@ -152,7 +153,7 @@ def run_task(payload: dict) -> str:
     watch.start()
     try:
         result = _search(payload, cancel, me)
-        if not cancel.is_set() or result.status in ("holds", "violated"):
+        if not cancel.is_set() or result.status in ("holds", "violated", "partial"):
             r.set(keys.result(tag), json.dumps(result.to_json()), nx=True, ex=RESULT_TTL)
         return result.status
     finally:

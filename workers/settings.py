@@ -27,7 +27,7 @@ class Settings:
     model_cache: int = 8                         # models a worker process keeps loaded
     worker_threads: int = 1                      # torch threads per worker process (0: torch's default)
     page_size: int = 50
-    distribute_after: float = 5.0                # seconds before an input-split search ships chunks to idle workers (< 0: never)
+    distribute_after: float = 5.0                # seconds before a branch-and-bound search ships chunks to idle workers (< 0: never)
 
     @classmethod
     def from_env(cls, environ: dict | None = None) -> "Settings":

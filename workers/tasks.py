@@ -33,7 +33,8 @@ def verify_job(self, job_id: str) -> str:
 
 @app.task(name=CHUNK_TASK, acks_late=True, reject_on_worker_lost=True)
 def search_chunk(payload: dict) -> str:
-    """Search one chunk of a job's input-split search; its result is written once (workers/distributed.py)."""
+    """Search one chunk of a job's branch and bound (input or ReLU splitting); its result is written once
+    (workers/distributed.py)."""
     return distributed.run_task(payload)
 
 

@@ -133,6 +133,29 @@ def test_a_chunk_s_counterexample_is_revalidated_at_home_and_cancels_the_rest():
     assert home_checks   # whoever found it, home confirmed it
 
 
+def test_input_chunks_out_of_budget_send_back_what_is_left(monkeypatch):
+    """Chunks stop after 20 ms (``partial``): their proofs so far join, their open boxes come back."""
+    from verifier.search import distribute
+    from verifier.search.distribute import run_chunk_search
+
+    graph, lower, upper, dmin, _ = _net_and_extremes()
+    poly = (np.array([[1.0, -1.0]]), np.array([dmin - 0.05]))
+    validate = _validator(graph, [poly])
+    monkeypatch.setattr(distribute, "CHUNK_BUDGET", 0.02)
+    engine = BoundEngine(graph)
+
+    def run(chunk):
+        deadline = time.monotonic() + (chunk.deadline - time.time())
+        search = new_search(engine, graph, lower, upper, *poly, validate, deadline, NOW, queue=chunk.pending(),
+                            next_id=chunk.id_base)
+        return run_chunk_search(search, chunk, deadline, worker="fake")
+
+    out = input_split(engine, graph, lower, upper, *poly, validate, time.monotonic() + 60, NOW, offload=InlinePool(run))
+    assert out.status == "holds" and out.stats["distributed"]["partial"] >= 1, out.stats
+    report = checked(graph, lower, upper, poly, out.log.tree())
+    assert report.ok and report.leaves == len(out.log.leaves)
+
+
 def test_no_idle_worker_means_nothing_ships():
     graph, lower, upper, dmin, _ = _net_and_extremes()
     poly = (np.array([[1.0, -1.0]]), np.array([dmin - 0.05]))
@@ -141,8 +164,11 @@ def test_no_idle_worker_means_nothing_ships():
     out = input_split(BoundEngine(graph), graph, lower, upper, *poly, validate, time.monotonic() + 60, NOW,
                       offload=pool)
     assert out.status == "holds" and pool.shipped == 0
-    assert out.stats["distributed"] == {"shipped": 0, "chunks": 0, "taken_back": 0, "workers": 1,
-                                        "chunk_seconds": 0.0, "overhead_seconds": 0.0}
+    dist = out.stats["distributed"]
+    assert {k: dist[k] for k in ("shipped", "chunks", "taken_back", "workers", "chunk_seconds", "overhead_seconds",
+                                 "home_wait_seconds")} == {"shipped": 0, "chunks": 0, "taken_back": 0, "workers": 1,
+                                                           "chunk_seconds": 0.0, "overhead_seconds": 0.0,
+                                                           "home_wait_seconds": 0.0}
 
 
 def test_the_deadline_holds_with_chunks_out():

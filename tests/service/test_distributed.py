@@ -9,19 +9,21 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 
-from service_stack import ROOT, client_for
+from service_stack import FAST, ROOT, clear_prefix, client_for, redis_or_fail
 from tests.test_cancel import write_case
 from verifier.config import VerifyConfig
 from verifier.portfolio import verify
 from verifier.spec.vnnlib import load_vnnlib
 from workers.blobs import Blobs
 from workers.celery_app import make_app, send_verify
+from workers.stack import LocalStack
 from workers.store import Store
 
 SOON = {"bab": {"distribute_after": 0.5}}   # ship chunks half a second into the search
@@ -35,12 +37,31 @@ def proof_case(tmp_path_factory):
 
 def stack_of(make_stack, workers: int):
     """A stack whose worker processes (one pool slot each) warm up side by side, not one after another."""
+    return with_workers(make_stack(workers=0), workers)
+
+
+def with_workers(stack, workers: int):
+    """``stack`` with ``workers`` more worker processes (one pool slot each), started side by side."""
     from concurrent.futures import ThreadPoolExecutor
 
-    stack = make_stack(workers=0)
     with ThreadPoolExecutor(workers) as pool:
         list(pool.map(lambda _: stack.start_worker(ready=180), range(workers)))
     return stack
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """A stack with two worker processes (one slot each), shared by the tests that leave it idle."""
+    prefix = f"t{uuid.uuid4().hex[:10]}:"
+    redis_or_fail()
+    stack = LocalStack(tmp_path_factory.mktemp("pair"), {"NNVERIFY_QUEUE_PREFIX": prefix, **FAST})
+    stack.prefix = prefix
+    try:
+        stack.start_api()
+        yield with_workers(stack, 2)
+    finally:
+        stack.stop()
+        clear_prefix(prefix)
 
 
 def submit(stack, tenant: str, model: str, spec: str, timeout: float, config: dict) -> str:
@@ -80,7 +101,7 @@ def test_a_proof_split_across_workers_matches_the_local_verdict_and_checks(make_
     check_certificate(api, job["id"], *proof_case, tmp_path)
 
 
-def test_a_chunk_s_counterexample_replays_on_onnxruntime(make_stack, tmp_path):
+def test_a_chunk_s_counterexample_replays_on_onnxruntime(pair, tmp_path):
     """A chunk sent through Celery to a real worker, whose box holds a violation: it comes back
     ``violated`` with an input that onnxruntime confirms (the home search re-validates it too;
     see tests/search/test_distribute.py)."""
@@ -94,7 +115,7 @@ def test_a_chunk_s_counterexample_replays_on_onnxruntime(make_stack, tmp_path):
     x = np.asarray(local.counterexample.x, dtype=np.float64)
     lo, hi = np.maximum(x - 0.05, -1.0), np.minimum(x + 0.05, 1.0)   # a small box around the known violation
 
-    stack = stack_of(make_stack, 2)
+    stack = pair
     settings = stack.settings
     blobs = Blobs(Path(settings.data) / "blobs")
     model_sha, spec_sha = blobs.put(Path(model).read_bytes()), blobs.put(Path(spec).read_bytes())
@@ -175,3 +196,18 @@ def test_a_worker_killed_mid_chunk_costs_neither_verdict_nor_certificate(make_st
     assert (job["state"], job["verdict"]) == ("done", "holds"), job
     assert job["certificate_checked"]
     check_certificate(api, job_id, *proof_case, tmp_path)
+
+
+def test_a_relu_split_proof_split_across_workers_holds_and_checks(pair, tmp_path):
+    """18 inputs (ReLU splitting, ~3,000 domains in ~1 s): chunks of split sets searched by the other
+    worker process join the job's proof; the certificate passes ``nnverify check``."""
+    case = write_case(tmp_path / "relu", 3, [18, 24, 24, 2], 0.6)
+    stack = pair
+    api = client_for(stack, "gus")
+    job = api.wait(submit(stack, "gus", *case, 120, {"bab": {"distribute_after": 0.2}}), limit=240)
+    assert (job["state"], job["verdict"]) == ("done", "holds"), job
+    assert job["certificate_checked"]
+    assert any("bab-relu region" in line for line in job["log"]), job["log"]
+    dist = stored_result(stack, job["id"])["distributed"]
+    assert dist["chunks"] >= 1 and dist["workers"] >= 2, dist
+    check_certificate(api, job["id"], *case, tmp_path)

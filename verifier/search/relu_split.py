@@ -69,6 +69,14 @@ class ReluSplitLog:
         self.splits.append((parent, node, index, inactive, active))
         self.parent[inactive] = self.parent[active] = (parent, node, index)
 
+    def lineage(self, ident: int) -> list[tuple[int, str, int]]:
+        """(parent id, relu node, flat index) of every split on the path to ``ident``, root first."""
+        out = []
+        while ident in self.parent:
+            ident, node, index = self.parent[ident]
+            out.append((ident, node, index))
+        return out[::-1]
+
     def path(self, ident: int) -> list[tuple[str, int]]:
         """(relu node, flat index) of every split on the path to ``ident``, root first (fixed root splits first)."""
         out = []
@@ -104,6 +112,11 @@ class Pending:
         self.ids, self.depth = self.ids[:k], self.depth[:k]
         return out
 
+    def select(self, index) -> "Pending":
+        """The domains at ``index`` (a slice or a mask)."""
+        return Pending({g: {name: t[index] for name, t in d.items()} for g, d in self.tensors.items()},
+                       self.ids[index], self.depth[index])
+
     def push(self, other: "Pending") -> None:
         """Append ``other``'s domains."""
         self.tensors = {g: {name: torch.cat([t, other.tensors[g][name]]) for name, t in d.items()}
@@ -138,7 +151,8 @@ def relu_split(engine, graph, lower: np.ndarray, upper: np.ndarray, A: np.ndarra
                validate: Callable[[np.ndarray], object], deadline: float, config: BabConfig,
                device=None, options: ReluSplitOptions = ReluSplitOptions(),
                progress: Callable[[dict], object] | None = None,
-               root_splits: dict[str, np.ndarray] | None = None) -> SplitOutcome:
+               root_splits: dict[str, np.ndarray] | None = None, offload=None,
+               goal: tuple[int, int] = (0, 0)) -> SplitOutcome:
     """Prove ``A f(x) <= b`` unreachable over the box by ReLU splitting, or find a validated counterexample.
 
     ``graph`` is the model's graph (the engine's copy is used for bounds and attacks); ``device``
@@ -149,11 +163,85 @@ def relu_split(engine, graph, lower: np.ndarray, upper: np.ndarray, A: np.ndarra
     the root domain already carries (e.g. an activation pattern): the proof covers only the part of
     the box where they hold; they are never split again, and ``log.root`` lists them (node, index,
     sign) in the order the leaves' betas use.
+    ``offload`` (a ``verifier.search.distribute.Offload``, e.g. the service's worker pool): after
+    ``config.distribute_after`` seconds, chunks of the pending domains of goal ``goal`` (region,
+    polytope) ship to it while this process searches the rest.
+    """
+    if device is not None and torch.device(device).type != engine.device.type:
+        raise ValueError(f"relu_split: device {device} differs from the engine's {engine.device}")
+    search = new_relu_search(engine, lower, upper, A, b, validate, deadline, config, options, root_splits)
+    search.s.progress = progress
+    if offload is not None:
+        from verifier.search.distribute import search_with
+
+        return search_with(search, deadline, offload, goal)
+    return search.run(deadline)
+
+
+def new_relu_search(engine, lower: np.ndarray, upper: np.ndarray, A: np.ndarray, b: np.ndarray,
+                    validate: Callable[[np.ndarray], object], deadline: float, config: BabConfig,
+                    options: ReluSplitOptions = ReluSplitOptions(),
+                    root_splits: dict[str, np.ndarray] | None = None) -> "ReluSearch":
+    """A search of the root domain (the box with ``root_splits``), bounded first by alpha-CROWN."""
+    t0 = time.monotonic()
+    s, fixed, init = _setup(engine, lower, upper, A, b, validate, deadline, options, root_splits)
+    zero = torch.zeros(1, dtype=torch.long, device=engine.device)
+    return ReluSearch(s, Pending({"splits": fixed, "alphas": init, "betas": {}}, zero, zero.clone()), config, t0)
+
+
+def resume_relu_search(engine, lower: np.ndarray, upper: np.ndarray, A: np.ndarray, b: np.ndarray,
+                       validate: Callable[[np.ndarray], object], deadline: float, config: BabConfig,
+                       root: list, domains: list[tuple[int, int, list]], next_id: int,
+                       options: ReluSplitOptions = ReluSplitOptions()) -> "ReluSearch":
+    """A search of domains another search created, from their splits alone (e.g. a chunk shipped to a worker).
+
+    ``root``: the root's fixed splits ``(node, index, sign)``; ``domains``: ``(id, depth, lineage)``
+    with ``lineage`` the domain's splits from the root, ``(parent id, node, index, sign)`` each (see
+    ``ReluSplitLog.lineage``). The root's bounds (intermediate reference, alphas) are derived here
+    again, and the domains start from default alphas and zero betas: nothing but the splits is
+    taken from the other search, so it can make no bound unsound. Their leaves' betas follow the
+    whole path from the root, so the proof joins the other search's log; new domains are numbered
+    from ``next_id``.
     """
     t0 = time.monotonic()
+    s, _, init = _setup(engine, lower, upper, A, b, validate, deadline, options, root_signs(engine, root))
+    queue = lineage_pending(engine, s.log, domains)
+    n = len(queue)
+    queue.tensors["alphas"] = {name: t.expand((n,) + tuple(t.shape[1:])).clone() for name, t in init.items()}
+    s.next_id = next_id
+    return ReluSearch(s, queue, config, t0)
+
+
+def root_signs(engine, root: list) -> dict[str, np.ndarray]:
+    """``relu_split``'s ``root_splits`` from a log's ``root`` list ``(node, index, sign)``."""
+    out: dict[str, np.ndarray] = {}
+    for node, index, sign in root:
+        out.setdefault(node, np.zeros(engine.nodes[node].size, dtype=np.int8))[int(index)] = int(sign)
+    return out
+
+
+def lineage_pending(engine, log: ReluSplitLog, domains: list[tuple[int, int, list]]) -> Pending:
+    """Cold pending domains (splits only: no alphas, no betas) from ``(id, depth, lineage)`` (see
+    ``resume_relu_search``), under ``log``'s fixed root splits; records their ancestry in ``log``."""
+    n, dev = len(domains), engine.device
+    fixed = _fixed_splits(engine, root_signs(engine, log.root), ReluSplitLog(log.lower, log.upper))
+    splits = {name: t.expand(n, -1).clone() for name, t in fixed.items()}
+    for i, (ident, _, lineage) in enumerate(domains):
+        child = int(ident)
+        for parent, node, index, sign in reversed(lineage):
+            if node not in splits:
+                splits[node] = torch.zeros((n, engine.nodes[node].size), dtype=torch.int8, device=dev)
+            splits[node][i, int(index)] = int(sign)
+            log.parent[child] = (int(parent), node, int(index))
+            child = int(parent)
+    ids = torch.tensor([int(d[0]) for d in domains], dtype=torch.long, device=dev)
+    depth = torch.tensor([int(d[1]) for d in domains], dtype=torch.long, device=dev)
+    return Pending({"splits": splits, "alphas": {}, "betas": {}}, ids, depth)
+
+
+def _setup(engine, lower, upper, A, b, validate, deadline, options, root_splits):
+    """(search state, fixed root splits, the root's objective alphas) of a search over the box."""
     dev = engine.device
-    if device is not None and torch.device(device).type != dev.type:
-        raise ValueError(f"relu_split: device {device} differs from the engine's {dev}")
     tensor = lambda a: torch.as_tensor(np.array(a), dtype=engine.dtype, device=dev)
     shape = (1,) + tuple(engine.graph.input_shape)
     box = (tensor(lower).reshape(shape), tensor(upper).reshape(shape))
@@ -161,10 +249,7 @@ def relu_split(engine, graph, lower: np.ndarray, upper: np.ndarray, A: np.ndarra
     log = ReluSplitLog(np.asarray(lower, dtype=np.float64).reshape(-1), np.asarray(upper, dtype=np.float64).reshape(-1))
     fixed = _fixed_splits(engine, root_splits, log)
     reference, init = _root_reference(engine, box, C, options, fixed)
-    s = _Search(engine, box, C, bt, reference, options, validate, log, deadline, progress=progress)
-    root = Pending({"splits": fixed, "alphas": init, "betas": {}}, torch.zeros(1, dtype=torch.long, device=dev),
-                   torch.zeros(1, dtype=torch.long, device=dev))
-    return _loop(s, root, config, deadline, t0)
+    return _Search(engine, box, C, bt, reference, options, validate, log, deadline), fixed, init
 
 
 def _fixed_splits(engine, root_splits: dict | None, log: ReluSplitLog) -> dict[str, torch.Tensor]:
@@ -194,37 +279,67 @@ def _root_reference(engine, box, C, options: ReluSplitOptions, fixed: dict | Non
     return res.intermediate, init
 
 
-def _loop(s: _Search, pending: Pending, config: BabConfig, deadline: float, t0: float) -> SplitOutcome:
-    """Bound, prove, attack and split batches of pending domains until none is left or a limit hits."""
-    batch, first, per_domain = max(1, config.batch), True, 0.0
-    while len(pending):
-        if s.progress is not None:
-            s.progress({"domains": s.visited, "pending": len(pending)})
-        if clock.now() >= deadline:
-            return SplitOutcome("timeout", log=s.log, stats=_stats(s, pending, t0))
-        cap = min(config.max_domains, s.options.max_memory_bytes // pending.bytes_per_domain())
-        if len(pending) > cap:
-            return SplitOutcome("unknown", log=s.log, stats=_stats(s, pending, t0, "domain limit"))
-        fits = int((deadline - time.monotonic()) / per_domain) if per_domain > 0 else batch
-        dom = pending.pop(max(1, min(batch, len(pending), fits)))  # a batch should end before the deadline
-        t_batch = time.monotonic()
-        cfg = _with_iterations(s.options.beta, s.options.root_iterations) if first else s.options.beta
-        try:
-            res = _bound(s, dom, cfg)
-        except _OOM:
-            pending.push(dom)
-            if batch == 1:
-                return SplitOutcome("unknown", log=s.log, stats=_stats(s, pending, t0, "out of memory"))
-            batch = max(1, batch // 2)
-            continue
-        first = False
-        per_domain = max(per_domain * 0.5, (time.monotonic() - t_batch) / len(dom))
-        s.visited += len(dom)
-        outcome = _settle(s, dom, res, pending)
-        if outcome is not None:
-            outcome.stats = _stats(s, pending, t0, outcome.stats.get("note", ""))
-            return outcome
-    return SplitOutcome("holds", log=s.log, stats=_stats(s, pending, t0))
+class ReluSearch:
+    """One depth-first ReLU-split search: its pending domains, its log, and the loop that runs it.
+
+    ``run`` may be called again after it stopped (``stopped()`` or the deadline): the pending
+    domains, batch size and cost estimate carry over. Domains with ids below the first new id at
+    creation (the root, or the domains a resumed search was given) start cold: the batch that
+    holds them gets the root's iteration count.
+    """
+
+    def __init__(self, s: _Search, queue: Pending, config: BabConfig, t0: float | None = None):
+        self.s, self.queue, self.config = s, queue, config
+        self.size = max(1, config.batch)   # batch size (halved on out-of-memory)
+        self.per_domain = 0.0              # measured seconds per domain (keeps a batch inside the deadline)
+        self.batch_seconds: float | None = None   # if set, a batch takes about this long at most (after the first)
+        self.cold_below = s.next_id
+        self.cold: set[int] = set()        # more domains that start cold (sent back by another search)
+        self.t0 = time.monotonic() if t0 is None else t0
+
+    @property
+    def log(self) -> ReluSplitLog:
+        return self.s.log
+
+    def outcome(self, status: str, cex=None, note: str = "") -> SplitOutcome:
+        return SplitOutcome(status, cex, self.s.log, _stats(self.s, self.queue, self.t0, note))
+
+    def run(self, deadline: float, stopped: Callable[[], bool] | None = None) -> SplitOutcome:
+        """Bound, prove, attack and split batches of pending domains until none is left, a limit
+        hits, or ``stopped()`` turns true (timeout)."""
+        s, pending, config = self.s, self.queue, self.config
+        while len(pending):
+            if s.progress is not None:
+                s.progress({"domains": s.visited, "pending": len(pending)})
+            if clock.now() >= deadline or (stopped is not None and stopped()):
+                return self.outcome("timeout")
+            cap = min(config.max_domains, s.options.max_memory_bytes // pending.bytes_per_domain())
+            if len(pending) > cap:
+                return self.outcome("unknown", note="domain limit")
+            fits = int((deadline - time.monotonic()) / self.per_domain) if self.per_domain > 0 else self.size
+            if self.batch_seconds is not None and self.per_domain > 0:
+                fits = min(fits, int(self.batch_seconds / self.per_domain))
+            dom = pending.pop(max(1, min(self.size, len(pending), fits)))  # a batch should end before the deadline
+            t_batch = time.monotonic()
+            returned = bool(self.cold) and bool(self.cold.intersection(dom.ids.tolist()))
+            cold = returned or bool((dom.ids < self.cold_below).any())
+            cfg = _with_iterations(s.options.beta, s.options.root_iterations) if cold else s.options.beta
+            try:
+                res = _bound(s, dom, cfg, warm=not returned)   # their zero-filled alphas would be a poor start
+            except _OOM:
+                pending.push(dom)
+                if self.size == 1:
+                    return self.outcome("unknown", note="out of memory")
+                self.size = max(1, self.size // 2)
+                continue
+            self.per_domain = max(self.per_domain * 0.5, (time.monotonic() - t_batch) / len(dom))
+            if returned:
+                self.cold.difference_update(dom.ids.tolist())
+            s.visited += len(dom)
+            out = _settle(s, dom, res, pending)
+            if out is not None:
+                return self.outcome(out.status, out.counterexample, out.stats.get("note", ""))
+        return self.outcome("holds")
 
 
 def _with_iterations(cfg: BetaConfig, iterations: int) -> BetaConfig:
@@ -232,12 +347,12 @@ def _with_iterations(cfg: BetaConfig, iterations: int) -> BetaConfig:
     return dataclasses.replace(cfg, iterations=iterations)
 
 
-def _bound(s: _Search, dom: Pending, cfg: BetaConfig):
-    """beta-CROWN bounds of a batch of domains."""
+def _bound(s: _Search, dom: Pending, cfg: BetaConfig, warm: bool = True):
+    """beta-CROWN bounds of a batch of domains (``warm``: from their alphas; else from the defaults)."""
     n = len(dom)
     lo, hi = (t.expand((n,) + tuple(t.shape[1:])) for t in s.box)
     return compute_domains(s.engine, lo, hi, s.C, dom.tensors["splits"], reference=s.reference,
-                           alphas=dom.tensors["alphas"], betas=dom.tensors["betas"], cfg=cfg,
+                           alphas=dom.tensors["alphas"] if warm else None, betas=dom.tensors["betas"], cfg=cfg,
                            refine=s.options.bounds == "checker", deadline=s.deadline)
 
 
