@@ -98,6 +98,7 @@ def test_a_proof_split_across_workers_matches_the_local_verdict_and_checks(make_
     assert job["certificate_checked"]
     dist = stored_result(stack, job["id"])["distributed"]
     assert dist["chunks"] >= 1 and dist["workers"] >= 2, dist
+    assert job["distributed"] == dist                     # the public job JSON shows it too
     check_certificate(api, job["id"], *proof_case, tmp_path)
 
 
