@@ -325,7 +325,8 @@ def _workers(run: Run) -> int:
 
 
 def _repair(run: Run, weak) -> bool:
-    """Replace each weak input-box leaf by a split whose halves input splitting re-proves."""
+    """Replace each weak input-box leaf by a subtree that re-proves it: two input-split halves on
+    small inputs, a ReLU-split search of the leaf's box on wide ones (bisecting 784 inputs is hopeless)."""
     from verifier.bounds import DeadlineReached
 
     try:
@@ -337,8 +338,9 @@ def _repair(run: Run, weak) -> bool:
 def _split_weak_leaves(run: Run, weak) -> bool:
     """``_repair``'s work (the engine may stop it at the deadline)."""
     from verifier.search.input_split import input_split
+    from verifier.search.relu_split import relu_split
 
-    engine = _engine(run)
+    engine, wide = _engine(run), run.model.graph.n_inputs > run.config.bab.input_split_max_dims
     for region, polytope, leaf in weak:
         if leaf.splits or run.left() <= 0:
             return False
@@ -346,12 +348,20 @@ def _split_weak_leaves(run: Run, weak) -> bool:
         node = goal.proof
         for step in leaf.where.split(").", 1)[1].split(".") if ")." in leaf.where else []:
             node = node["children"][0 if step in ("L", "I") else 1]
+        poly = run.spec.regions[region].unsafe[polytope]
+        if wide:
+            out = relu_split(engine, run.model.graph, leaf.lower, leaf.upper, poly.A, poly.b, lambda x: None,
+                             run.deadline, run.config.bab, device=run.device)
+            if out.status != "holds":
+                return False
+            node.clear()
+            node.update(out.log.tree())
+            continue
         width = (leaf.upper - leaf.lower) / np.maximum(run.spec.regions[region].upper - run.spec.regions[region].lower, 1e-300)
         dim = int(np.argmax(width))
         mid = float((leaf.lower[dim] + leaf.upper[dim]) / 2)
         if not leaf.lower[dim] < mid < leaf.upper[dim]:
             return False
-        poly = run.spec.regions[region].unsafe[polytope]
         low_upper, high_lower = leaf.upper.copy(), leaf.lower.copy()
         low_upper[dim] = high_lower[dim] = mid
         halves = []
