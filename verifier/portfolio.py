@@ -26,7 +26,7 @@ from verifier.certify import bound_leaf
 from verifier.config import VerifyConfig
 from verifier.result import Result, Verdict
 from verifier.spec.spec import Spec
-from verifier.threads import cpu_threads  # noqa: F401 -- used below and by callers
+from verifier.threads import cpu_threads, pick_device  # noqa: F401 -- used below and by callers
 
 
 log = logging.getLogger("nnverify")
@@ -108,13 +108,6 @@ class Run:
 
     def open_goals(self) -> list[Goal]:
         return [g for g in self.goals if not g.proved]
-
-
-def pick_device(name: str) -> torch.device:
-    """'auto' -> cuda when available, else cpu."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def load_inputs(model, spec, float_as_real: bool = False):

@@ -1,4 +1,5 @@
-"""Torch CPU threads for a block of work (restored after); one thread for small networks.
+"""Where torch work runs: CPU threads for a block of work (restored after; one thread for small
+networks), and the device a config names (``pick_device``).
 
 Small ops gain nothing from threads and lose a lot when cores are shared: on two busy cores a
 NAP attack on a 64-64 MLP took 19 s with two threads and 0.8 s with one. ``verify`` makes the
@@ -30,3 +31,10 @@ def small_net_threads(graph, limit: int = SMALL_GRAPH_PARAMS):
     """Inside the block torch uses one thread if ``graph`` has fewer than ``limit`` parameters."""
     params = sum(t.numel() for n in graph.nodes for t in n.params.values() if t is not None)
     return cpu_threads(1 if params < limit else 0)
+
+
+def pick_device(name: str) -> torch.device:
+    """'auto' -> cuda when available, else cpu; any other name as torch spells it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)

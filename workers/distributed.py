@@ -188,7 +188,7 @@ def _prepared(model, config):
     import torch
 
     from verifier.bounds import BoundEngine
-    from verifier.portfolio import pick_device
+    from verifier.threads import pick_device
 
     key = (model.sha256, config.bounds.device, config.bounds.dtype)
     if key not in _PREPARED:

@@ -184,7 +184,7 @@ def run_chunk(model, spec, config, chunk: ChunkSpec, engine=None, cancel: clock.
     """
     from verifier.bounds import BoundEngine
     from verifier.counterexample import validate
-    from verifier.portfolio import pick_device
+    from verifier.threads import pick_device
 
     device, dtype = pick_device(config.bounds.device), getattr(torch, config.bounds.dtype)
     region = spec.regions[chunk.region]
