@@ -134,7 +134,7 @@ def test_named_modules_import_one_way():
     assert cycles({m: graph.get(m, set()) & names for m in names}) == []
 
 
-def test_no_import_cycle_in_bounds_or_model():
-    """No import cycle (anywhere in ``verifier``) passes through ``verifier.bounds`` or ``verifier.model``."""
+def test_no_import_cycle_through_the_engine_layers():
+    """No import cycle (anywhere in ``verifier``) passes through a module of ``LAYERED``."""
     bad = [c for c in cycles(import_graph()) if any(_inside(m) for m in c)]
     assert bad == []
