@@ -16,7 +16,6 @@ the inputs needs none of this: its own graph is used, exactly as for a 1.0 file.
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -24,6 +23,7 @@ import numpy as np
 
 from verifier.query.elimination import CONST, InconsistentEqualities, eliminate, substitute
 from verifier.spec.spec import Polytope, Region, Spec
+from verifier.spec.vnnlib import round_outward
 from verifier.spec.vnnlib2 import Atom, Declaration, Key, Query, QueryError
 
 LP_WIDEN = 1e-9    # relative outward widening of LP-derived box bounds (LP round-off)
@@ -351,9 +351,11 @@ def _effects(c: Compiled, atom: Atom, zpos: dict[int, int]) -> list[tuple]:
                     out.append(("false",))
             elif len(variables) == 1:
                 a = e[variables[0]]            # a z + const <= 0 (closed: witnesses are re-checked exactly)
-                bound = -const / a
-                out.append(("upper", zpos[variables[0]], _round(bound, up=True)) if a > 0
-                           else ("lower", zpos[variables[0]], _round(bound, up=False)))
+                try:
+                    bound = round_outward(-const / a, up=a > 0)
+                except OverflowError:
+                    raise QueryError(f"{c.query.source}:{atom.line}: an input bound is out of the float range") from None
+                out.append(("upper" if a > 0 else "lower", zpos[variables[0]], bound))
             else:
                 out.append(("input-row", ({zpos[k]: v for k, v in e.items() if k != CONST}, -const, op)))
     else:
@@ -372,16 +374,6 @@ def _split_eq(expr: dict[int, Fraction], op: str):
 def _false(constant: Fraction, op: str) -> bool:
     """Whether ``constant OP 0`` is false."""
     return constant > 0 if op == "<=" else constant >= 0
-
-
-def _round(v: Fraction, up: bool) -> float:
-    """The float64 nearest ``v`` on the outside (the box never loses a point)."""
-    f = float(v)
-    if up and Fraction(f) < v:
-        f = math.nextafter(f, math.inf)
-    if not up and Fraction(f) > v:
-        f = math.nextafter(f, -math.inf)
-    return f
 
 
 def _lp_box(lo: np.ndarray, hi: np.ndarray, input_rows) -> tuple[np.ndarray, np.ndarray]:

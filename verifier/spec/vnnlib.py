@@ -49,6 +49,19 @@ class VnnlibError(ValueError):
     """Malformed or unsupported VNN-LIB text; the message reads ``<source>:<line>: <reason>``."""
 
 
+def round_outward(exact: Fraction, up: bool) -> float:
+    """The float64 nearest ``exact`` on the outside (above when ``up``), so a box never loses a point.
+
+    Raises ``OverflowError`` beyond the float range.
+    """
+    value = float(exact)
+    if up and Fraction(value) < exact:
+        value = math.nextafter(value, math.inf)
+    elif not up and Fraction(value) > exact:
+        value = math.nextafter(value, -math.inf)
+    return value
+
+
 def read_spec_file(path, error: type[ValueError] = None) -> bytes:
     """A spec file's bytes, gunzipped when gzip-compressed; ``error`` (default ``VnnlibError``) if corrupt."""
     data = Path(path).read_bytes()
@@ -288,15 +301,10 @@ class _Reader:
 
     def input_bound(self, index: int, coeff: Fraction, rhs: Fraction, tok: int) -> tuple:
         """The bound ``coeff * X_index <= rhs`` (exact rationals) as an atom, rounded outward."""
-        exact = rhs / coeff
         try:
-            value = float(exact)
+            value = round_outward(rhs / coeff, up=coeff > 0)
         except OverflowError:
             self.fail(tok, f"input bound on X_{index} is out of float range")
-        if coeff > 0 and Fraction(value) < exact:
-            value = math.nextafter(value, math.inf)
-        elif coeff < 0 and Fraction(value) > exact:
-            value = math.nextafter(value, -math.inf)
         return (_BOUND, index, coeff > 0, value, tok)
 
     # ---- linear terms -------------------------------------------------------------------
