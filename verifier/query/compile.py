@@ -96,6 +96,20 @@ class Compiled:
     spec: Spec | None = None
     model: QueryModel | None = None
 
+    def head(self, net: Network) -> tuple[np.ndarray, np.ndarray]:
+        """(M [n_in, n_z], c [n_in]) in float64 with the network's flat inputs u = M z + c."""
+        zpos = {u: j for j, u in enumerate(self.free)}
+        n_in = sum(d.size for d in net.inputs)
+        M, const = np.zeros((n_in, len(self.free))), np.zeros(n_in)
+        for i in range(n_in):
+            u = net.u_offset + i
+            for k, v in self.pivots.get(u, {u: Fraction(1)}).items():
+                if k == CONST:
+                    const[i] = float(v)
+                else:
+                    M[i, zpos[k]] = float(v)
+        return M, const
+
     def factor(self, key: Key):
         """Where a monomial's factor lives (``product.Factor``): a network input or an observed element."""
         return _factor_of(self, key)
@@ -110,12 +124,9 @@ class Compiled:
         return net.u_offset + sum(x.size for x in net.inputs[:d.position]) + key[1]
 
     def inputs_of(self, z: np.ndarray) -> np.ndarray:
-        """u (every network input, float64) for one z."""
-        u = np.zeros(self.n_u + len(self.slacks))
-        u[self.free] = z
-        for p, expr in self.pivots.items():
-            u[p] = float(expr.get(CONST, 0)) + sum(float(v) * u[k] for k, v in expr.items() if k != CONST)
-        return u[:self.n_u]
+        """u (every network input, float64) for one z, computed as the reference runner feeds it."""
+        z = np.asarray(z, dtype=np.float64).reshape(-1)
+        return np.concatenate([M @ z + c for M, c in (self.head(net) for net in self.networks)])
 
 
 def compile_query(query: Query, files: dict[str, str], float_as_real: bool = False) -> Compiled:
@@ -502,22 +513,8 @@ def _model(c: Compiled, simple: bool) -> QueryModel:
         net = c.networks[0]
         graph = net.graph
     else:
-        parts = []
-        n_z = len(c.free)
-        for net in c.networks:
-            n_in = sum(d.size for d in net.inputs)
-            M, const = np.zeros((n_in, n_z)), np.zeros(n_in)
-            zpos = {u: j for j, u in enumerate(c.free)}
-            for i in range(n_in):
-                u = net.u_offset + i
-                expr = c.pivots.get(u, {u: Fraction(1)})
-                for k, v in expr.items():
-                    if k == CONST:
-                        const[i] = float(v)
-                    else:
-                        M[i, zpos[k]] = float(v)
-            parts.append(Part(net.name, net.graph, M, const))
-        graph = product_graph(n_z, parts, c.passthrough, [tuple(c.factor(k) for k in mono) for mono in c.monomials])
+        parts = [Part(net.name, net.graph, *c.head(net)) for net in c.networks]
+        graph = product_graph(len(c.free), parts, c.passthrough, [tuple(c.factor(k) for k in mono) for mono in c.monomials])
     names = ",".join(f"{n.name}={n.path}" for n in c.networks)
     digest = hashlib.sha256("".join(f"{n.name}={n.sha256}\n" for n in c.networks).encode()).hexdigest()
     if simple:

@@ -9,13 +9,11 @@ exactly) gets a NaN row, which no witness check accepts.
 """
 from __future__ import annotations
 
-from fractions import Fraction
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
-from verifier.query.elimination import CONST
 
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16}
 
@@ -61,24 +59,11 @@ class QueryRunner:
 
     def __init__(self, compiled):
         self.c = compiled
-        n_z = len(compiled.free)
-        zpos = {u: j for j, u in enumerate(compiled.free)}
-        self.maps, self.sessions = [], []
-        for net in compiled.networks:
-            n_in = sum(d.size for d in net.inputs)
-            M, const = np.zeros((n_in, n_z)), np.zeros(n_in)
-            for i in range(n_in):
-                u = net.u_offset + i
-                for k, v in compiled.pivots.get(u, {u: Fraction(1)}).items():
-                    if k == CONST:
-                        const[i] = float(v)
-                    else:
-                        M[i, zpos[k]] = float(v)
-            self.maps.append((M, const))
-            hidden = [d.onnx_name for d in net.observed if d.kind == "hidden"]
-            self.sessions.append(_Session(net.path, hidden))
+        self.maps = [compiled.head(net) for net in compiled.networks]
+        self.sessions = [_Session(net.path, [d.onnx_name for d in net.observed if d.kind == "hidden"])
+                         for net in compiled.networks]
         self.dtype = self.sessions[0].dtype
-        self.n_inputs = n_z
+        self.n_inputs = len(compiled.free)
 
     def run(self, z: np.ndarray) -> np.ndarray:
         """Observed vectors [B, n_obs] (float64; a NaN row where the inputs are not representable)."""
