@@ -247,10 +247,7 @@ def _match(net: str, kind: str, decls: list[Declaration], onnx_values: list) -> 
     for d, (onnx_name, shape) in zip(decls, onnx_values):
         if shape is None:
             continue
-        if tuple(shape) != tuple(d.shape) and int(np.prod(shape)) != d.size:
-            raise QueryError(f"{kind} {d.name} of network {net} is declared {list(d.shape)} but ONNX {kind} "
-                             f"{onnx_name!r} has shape {list(shape)}")
-        if tuple(shape) != tuple(d.shape) and tuple(s for s in shape if s != 1) != tuple(s for s in d.shape if s != 1):
+        if tuple(s for s in shape if s != 1) != tuple(s for s in d.shape if s != 1):   # only size-1 dims may differ
             raise QueryError(f"{kind} {d.name} of network {net} is declared {list(d.shape)} but ONNX {kind} "
                              f"{onnx_name!r} has shape {list(shape)}")
 

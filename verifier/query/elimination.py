@@ -44,7 +44,7 @@ def eliminate(n: int, equalities: list[Affine]) -> dict[int, Affine]:
         a = expr.pop(p)
         solved = {k: -v / a for k, v in expr.items()}
         for q in users.pop(p, set()):      # p is no longer free: rewrite the pivots that read it
-            pivots[q] = _replace(pivots[q], p, solved)
+            pivots[q] = substitute(pivots[q], {p: solved})
             for k in pivots[q]:
                 if k != CONST:
                     users.setdefault(k, set()).add(q)
@@ -64,15 +64,4 @@ def substitute(expr: Affine, pivots: dict[int, Affine]) -> Affine:
                 out[j] = out.get(j, Fraction(0)) + v * w
         else:
             out[k] = out.get(k, Fraction(0)) + v
-    return {k: v for k, v in out.items() if v != 0 or k == CONST}
-
-
-def _replace(expr: Affine, var: int, by: Affine) -> Affine:
-    """``expr`` with ``var`` replaced by the affine ``by``."""
-    coeff = expr.get(var)
-    if coeff is None:
-        return expr
-    out = {k: v for k, v in expr.items() if k != var}
-    for j, w in by.items():
-        out[j] = out.get(j, Fraction(0)) + coeff * w
     return {k: v for k, v in out.items() if v != 0 or k == CONST}
