@@ -291,16 +291,21 @@ def _inspect_spec(model, spec_path: str) -> dict:
     return out
 
 
+def _query_paths(parser, metavar: str, n_positional: int) -> None:
+    """The positionals of a command that takes a 1.0 pair or a 2.0 query, and the 2.0 options (see ``_query_args``)."""
+    parser.add_argument("paths", nargs="+", metavar=metavar)
+    parser.add_argument("--network", action="append", metavar="NAME=PATH", help="bind a network of a 2.0 query (repeat)")
+    parser.add_argument("--float-as-real", action="store_true",
+                        help="2.0 queries: decide float32/float64 declarations under real arithmetic (see docs/vnnlib2.md)")
+    parser.set_defaults(n_positional=n_positional)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     ap = argparse.ArgumentParser(prog="nnverify", description="Neural-network verification (ONNX + VNN-LIB).")
     sub = ap.add_subparsers(dest="command", required=True)
     v = sub.add_parser("verify", help="verify MODEL SPEC (VNN-LIB 1.0) or QUERY --network NAME=PATH (VNN-LIB 2.0)")
-    v.add_argument("paths", nargs="+", metavar="MODEL SPEC | QUERY")
-    v.add_argument("--network", action="append", metavar="NAME=PATH", help="bind a network of a 2.0 query (repeat)")
-    v.add_argument("--float-as-real", action="store_true",
-                   help="2.0 queries: decide float32/float64 declarations under real arithmetic (see docs/vnnlib2.md)")
-    v.set_defaults(n_positional=2)
+    _query_paths(v, "MODEL SPEC | QUERY", 2)
     v.add_argument("--timeout", type=float, default=60.0, help="wall-clock budget in seconds (default 60)")
     v.add_argument("--result-file", help="also write the VNN-COMP result block to this file")
     v.add_argument("--json", action="store_true", help="print the full result as JSON")
@@ -320,11 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="print the report as JSON")
     i.set_defaults(func=cmd_inspect)
     c = sub.add_parser("check", help="re-validate a holds certificate: MODEL SPEC CERT, or QUERY CERT --network NAME=PATH")
-    c.add_argument("paths", nargs="+", metavar="MODEL SPEC CERT | QUERY CERT")
-    c.add_argument("--network", action="append", metavar="NAME=PATH", help="bind a network of a 2.0 query (repeat)")
-    c.add_argument("--float-as-real", action="store_true",
-                   help="2.0 queries: decide float32/float64 declarations under real arithmetic (see docs/vnnlib2.md)")
-    c.set_defaults(n_positional=3)
+    _query_paths(c, "MODEL SPEC CERT | QUERY CERT", 3)
     c.add_argument("--strict", action="store_true", help="also reject leaves whose claimed bound exceeds the re-derived one")
     c.set_defaults(func=cmd_check)
     sb = sub.add_parser("soundness", help="soundness suite: `generate DIR [--tier ci|nightly]` or `run DIR`")
