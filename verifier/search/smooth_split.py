@@ -86,37 +86,32 @@ class SmoothSplitLog:
 @dataclass
 class _Domains:
     """Pending domains: per pre-activation value, the split constraints as floors / caps [N, n]
-    (+-inf: none), and the parent's bounds of that value (``known``: valid on the child, which lies
-    inside the parent), intersected in when the domain is bounded."""
+    (+-inf: none), and the parent's bounds of that value (``known_lo`` / ``known_hi``: valid on the
+    child, which lies inside the parent), intersected in when the domain is bounded."""
 
     floors: dict[str, torch.Tensor]
     caps: dict[str, torch.Tensor]
     ids: list[int]
     depth: list[int]
-    known: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+    known_lo: dict[str, torch.Tensor] = field(default_factory=dict)
+    known_hi: dict[str, torch.Tensor] = field(default_factory=dict)
 
-    def _tables(self):
-        return [self.floors, self.caps] + ([] if self.known is None else [self.known])
+    TABLES = ("floors", "caps", "known_lo", "known_hi")
 
     def take(self, n: int) -> "_Domains":
         """Remove and return the last ``n`` domains (depth first)."""
         k = len(self.ids) - n
-        cut = lambda t, s: (t[0][s], t[1][s]) if isinstance(t, tuple) else t[s]  # noqa: E731
-        out = _Domains(*[{v: cut(t, slice(k, None)) for v, t in d.items()} for d in self._tables()[:2]],
-                       self.ids[k:], self.depth[k:],
-                       None if self.known is None else {v: cut(t, slice(k, None)) for v, t in self.known.items()})
-        self.floors, self.caps = ({v: t[:k] for v, t in d.items()} for d in (self.floors, self.caps))
-        if self.known is not None:
-            self.known = {v: (lo[:k], hi[:k]) for v, (lo, hi) in self.known.items()}
+        out = _Domains(ids=self.ids[k:], depth=self.depth[k:],
+                       **{name: {v: t[k:] for v, t in getattr(self, name).items()} for name in self.TABLES})
+        for name in self.TABLES:
+            setattr(self, name, {v: t[:k] for v, t in getattr(self, name).items()})
         self.ids, self.depth = self.ids[:k], self.depth[:k]
         return out
 
     def add(self, other: "_Domains") -> None:
-        self.floors = {v: torch.cat([t, other.floors[v]]) for v, t in self.floors.items()}
-        self.caps = {v: torch.cat([t, other.caps[v]]) for v, t in self.caps.items()}
-        if self.known is not None and other.known is not None:
-            self.known = {v: (torch.cat([lo, other.known[v][0]]), torch.cat([hi, other.known[v][1]]))
-                          for v, (lo, hi) in self.known.items()}
+        for name in self.TABLES:
+            theirs = getattr(other, name)
+            setattr(self, name, {v: torch.cat([t, theirs[v]]) for v, t in getattr(self, name).items()})
         self.ids, self.depth = self.ids + other.ids, self.depth + other.depth
 
 
@@ -142,7 +137,7 @@ def smooth_split(engine, graph, lower: np.ndarray, upper: np.ndarray, A: np.ndar
     sizes = {v: engine.graph.node_map[node].size for node, v in values}
     neg = {v: torch.full((1, n), -math.inf, dtype=dtype, device=dev) for v, n in sizes.items()}
     pos = {v: torch.full((1, n), math.inf, dtype=dtype, device=dev) for v, n in sizes.items()}
-    pending = _Domains(dict(neg), dict(pos), [0], [0], {v: (neg[v], pos[v]) for v in sizes})
+    pending = _Domains(dict(neg), dict(pos), [0], [0], dict(neg), dict(pos))
     next_id, visited, max_depth = 1, 0, 0
     while pending.ids:
         if progress is not None:
@@ -154,8 +149,8 @@ def smooth_split(engine, graph, lower: np.ndarray, upper: np.ndarray, A: np.ndar
         batch = pending.take(min(BATCH, len(pending.ids)))
         n = len(batch.ids)
         visited += n
-        known = {v: (torch.maximum(batch.floors[v], batch.known[v][0]).reshape((n,) + tuple(engine.graph.shape_of(v))),
-                     torch.minimum(batch.caps[v], batch.known[v][1]).reshape((n,) + tuple(engine.graph.shape_of(v))))
+        known = {v: (torch.maximum(batch.floors[v], batch.known_lo[v]).reshape((n,) + tuple(engine.graph.shape_of(v))),
+                     torch.minimum(batch.caps[v], batch.known_hi[v]).reshape((n,) + tuple(engine.graph.shape_of(v))))
                  for v in sizes}
         res = engine.compute(lo.expand(n, -1), hi.expand(n, -1), C.expand(n, -1, -1), method="crown",
                              intermediate=known, want_upper=False)
@@ -290,8 +285,9 @@ def _split(engine, batch: _Domains, open_: list[int], bounds: dict, node_of: dic
         log.add_split(batch.ids[i], node_of[v], k, at, low, high)
         ids += [low, high]
         depth += [batch.depth[i] + 1] * 2
-    known = {v: (bounds[v][0][open_].repeat_interleave(2, 0), bounds[v][1][open_].repeat_interleave(2, 0)) for v in names}
-    return _Domains(floors, caps, ids, depth, known)
+    known_lo = {v: bounds[v][0][open_].repeat_interleave(2, 0) for v in names}
+    known_hi = {v: bounds[v][1][open_].repeat_interleave(2, 0) for v in names}
+    return _Domains(floors, caps, ids, depth, known_lo, known_hi)
 
 
 def _scores(engine, intermediate: dict, open_: list[int], node_of: dict, rows) -> dict[str, torch.Tensor]:
