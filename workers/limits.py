@@ -84,7 +84,7 @@ def _check_query(data: bytes, info: ModelInfo):
     if len(names) != 1:
         raise UploadError(422, f"spec: the query declares networks {names}; a job binds exactly one")
     for kind, have in (("input", info.n_inputs), ("output", info.n_outputs)):
-        declared = [d for d in query.of(names[0], kind)]
+        declared = query.of(names[0], kind)
         if len(declared) == 1 and declared[0].size != have:
             raise UploadError(422, f"spec: {kind} {declared[0].name} has {declared[0].size} values but the model's "
                                    f"{kind} has {have}")

@@ -18,6 +18,7 @@ as closed (proving the closure empty proves the open set empty).
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from fractions import Fraction
@@ -50,10 +51,7 @@ class Declaration:
 
     @property
     def size(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
     def element(self, flat: int) -> str:
         """The element's name as the query writes it, e.g. ``X[0,3]``."""
