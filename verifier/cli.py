@@ -94,8 +94,8 @@ def cmd_verify(args) -> int:
     return 0
 
 
-def _query_args(args) -> tuple[str | None, dict[str, str]]:
-    """(2.0 query path or None, network name -> ONNX path) from ``verify``/``check`` positionals.
+def _query_args(args) -> tuple[object, dict[str, str]]:
+    """(2.0 query path or parsed ``Query``, or None; network name -> ONNX path) from ``verify``/``check`` positionals.
 
     ``QUERY --network NAME=PATH ...`` is a 2.0 query; ``MODEL SPEC`` is a 1.0 pair, or a 2.0 query
     with one network when SPEC starts with a ``(vnnlib-version <2.0>)`` header.
@@ -125,12 +125,10 @@ def _query_args(args) -> tuple[str | None, dict[str, str]]:
     from verifier.spec.vnnlib2 import QueryError, load_query
 
     try:
-        names = [n.name for n in load_query(paths[1]).networks if not n.equal_to]
+        query = load_query(paths[1])            # parsed once: verify / check compile this object
+        return query, {query.only_network(): paths[0]}
     except QueryError as exc:
         raise ValueError(str(exc)) from None
-    if len(names) != 1:
-        raise ValueError(f"the query declares networks {names}: bind each with --network NAME=PATH")
-    return paths[1], {names[0]: paths[0]}
 
 
 _QUERY_WORDS = {"holds": "unsat", "violated": "sat", "timeout": "timed-out", "unknown": "unknown", "error": "unknown"}

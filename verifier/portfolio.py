@@ -157,12 +157,9 @@ def _load_query(model, path, float_as_real: bool):
 
     try:
         query = load_query(path)
-        names = [n.name for n in query.networks if not n.equal_to]
-        if len(names) != 1:
-            raise InputError(f"the query declares networks {names}: bind each one (nnverify verify QUERY --network NAME=PATH)")
         if hasattr(model, "compiled"):       # already compiled once (e.g. by a caller's load_inputs)
             model = model.compiled.networks[0]
-        compiled = compile_query(query, {names[0]: str(getattr(model, "path", model))}, float_as_real)
+        compiled = compile_query(query, {query.only_network(): str(getattr(model, "path", model))}, float_as_real)
     except (QueryError, OSError) as exc:
         raise InputError(str(exc).splitlines()[0]) from exc
     return compiled.model, compiled.spec, compiled.spec.sha256

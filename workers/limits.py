@@ -76,15 +76,13 @@ def _check_query(data: bytes, info: ModelInfo):
     """A VNN-LIB 2.0 query of one network whose declared input/output sizes match the model."""
     try:
         query = parse_query(data.decode("utf-8-sig"), "spec")
+        name = query.only_network()
     except UnicodeDecodeError as exc:
         raise UploadError(422, "spec: not UTF-8 text") from exc
     except (QueryError, RecursionError) as exc:
         raise UploadError(422, f"spec: {str(exc).splitlines()[0] if str(exc) else 'malformed'}") from exc
-    names = [n.name for n in query.networks if not n.equal_to]
-    if len(names) != 1:
-        raise UploadError(422, f"spec: the query declares networks {names}; a job binds exactly one")
     for kind, have in (("input", info.n_inputs), ("output", info.n_outputs)):
-        declared = query.of(names[0], kind)
+        declared = query.of(name, kind)
         if len(declared) == 1 and declared[0].size != have:
             raise UploadError(422, f"spec: {kind} {declared[0].name} has {declared[0].size} values but the model's "
                                    f"{kind} has {have}")

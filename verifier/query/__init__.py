@@ -21,8 +21,10 @@ QUERY_VERSION = "2.0"
 
 
 def compile_files(query_path, networks: dict[str, str], float_as_real: bool = False) -> Compiled:
-    """Parse and compile a 2.0 query file with its network files (``QueryError`` on any problem)."""
-    return compile_query(load_query(query_path), {k: str(v) for k, v in networks.items()}, float_as_real)
+    """Parse (unless given a parsed ``Query``) and compile a 2.0 query with its network files
+    (``QueryError`` on any problem)."""
+    query = query_path if isinstance(query_path, Query) else load_query(query_path)
+    return compile_query(query, {k: str(v) for k, v in networks.items()}, float_as_real)
 
 
 def verify_query(query_path, networks: dict[str, str], config=None, float_as_real: bool = False, **kwargs):

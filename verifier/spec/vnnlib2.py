@@ -119,6 +119,13 @@ class Query:
         """The declarations of one kind of one network, in declaration order."""
         return [d for d in self.declarations if d.network == network and d.kind == kind]
 
+    def only_network(self) -> str:
+        """The one network a query binds when given a single model (``equal-to`` copies share its file)."""
+        names = [n.name for n in self.networks if not n.equal_to]
+        if len(names) != 1:
+            raise QueryError(f"the query declares networks {names}: bind each one with --network NAME=PATH")
+        return names[0]
+
     def name_of(self, key: Key) -> str:
         """``X[0,3]`` for a variable key."""
         return self.declarations[key[0]].element(key[1])
