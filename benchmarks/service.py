@@ -26,10 +26,11 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from benchmarks.vnncomp import judge, read_instances, read_truth
+from verifier.shared_data import benchmarks_root
 from workers.stack import LocalStack
 from workers.warmup import tiny_instance
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
+SHARED = benchmarks_root()
 
 
 class Bench:

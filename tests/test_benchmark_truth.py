@@ -1,4 +1,4 @@
-"""Soundness on real VNN-COMP instances with known ground truth (../shared/benchmarks).
+"""Soundness on real VNN-COMP instances with known ground truth (``benchmarks_root()``: ../shared/benchmarks).
 
 A fixed sample across families, each verified in-process with a short budget: no ``holds`` where
 the truth is sat, no ``violated`` where it is unsat, and every ``violated`` carries a witness that
@@ -14,9 +14,10 @@ from verifier.config import VerifyConfig
 from verifier.model.reference import OnnxRunner
 from verifier.portfolio import verify
 from verifier.result import Verdict
+from verifier.shared_data import absent_reason, benchmarks_root
 from verifier.spec.vnnlib import load_vnnlib
 
-BENCH = Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks"
+BENCH = benchmarks_root()
 FAMILIES = ["vnncomp2021/test", "vnncomp2021/acasxu", "vnncomp2021/mnistfc", "vnncomp2022/rl_benchmarks",
             "vnncomp2022/tllverifybench", "vnncomp2022/reach_prob_density", "vnncomp2023/dist_shift",
             "vnncomp2023/collins_rul_cnn"]
@@ -41,7 +42,7 @@ def sample():
 ROWS = sample()
 
 
-@pytest.mark.skipif(not ROWS, reason=f"no benchmark instances at {BENCH} (../shared/benchmarks beside the repo)")
+@pytest.mark.skipif(not ROWS, reason=absent_reason(BENCH))
 @pytest.mark.parametrize("family,onnx_rel,vnnlib_rel,truth", ROWS, ids=[f"{r[0].split('/')[1]}-{Path(r[2]).stem}-{r[3]}" for r in ROWS])
 def test_no_wrong_verdict(family, onnx_rel, vnnlib_rel, truth):
     onnx_path, spec_path = BENCH / family / onnx_rel, BENCH / family / vnnlib_rel

@@ -138,3 +138,11 @@ def test_no_import_cycle_through_the_engine_layers():
     """No import cycle (anywhere in ``verifier``) passes through a module of ``LAYERED``."""
     bad = [c for c in cycles(import_graph()) if any(_inside(m) for m in c)]
     assert bad == []
+
+
+def test_audit_report_and_html_import_one_way():
+    """report -> html -> extras: the page renderer never imports the report module back."""
+    graph = import_graph()
+    names = {"verifier.audit.report", "verifier.audit.html", "verifier.audit.extras"}
+    assert cycles({m: graph.get(m, set()) & names for m in names}) == []
+    assert "verifier.audit.report" not in graph["verifier.audit.html"]

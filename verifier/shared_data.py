@@ -12,3 +12,9 @@ def benchmarks_root() -> Path:
     if env:
         return Path(env)
     return Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
+
+
+def absent_reason(path: str | Path) -> str:
+    """The one skip / error message for a shared benchmark file or folder that is not there."""
+    return (f"shared benchmarks absent: {path} not found "
+            "(lay out ../shared/benchmarks beside the checkout, or set NNVERIFY_BENCHMARKS)")

@@ -8,10 +8,10 @@ import pytest
 
 from verifier.audit.props import dataset_from_properties, parse_name, read_property, recover_image
 from verifier.cli import main as cli
-from verifier.shared_data import benchmarks_root
+from verifier.shared_data import absent_reason, benchmarks_root
 
 MNISTFC = benchmarks_root() / "vnncomp2021" / "mnistfc"
-needs_mnistfc = pytest.mark.skipif(not (MNISTFC / "vnnlib").is_dir(), reason=f"no mnist_fc properties at {MNISTFC}")
+needs_mnistfc = pytest.mark.skipif(not (MNISTFC / "vnnlib").is_dir(), reason=absent_reason(MNISTFC / "vnnlib"))
 
 
 def _box32(x: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from verifier.shared_data import benchmarks_root
+from verifier.shared_data import absent_reason, benchmarks_root
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -345,7 +345,7 @@ TEST_FAMILY = benchmarks_root() / "vnncomp2021" / "test"
 TEST_SAT_X = [-0.29855284094810486, -0.009549296461045742, 0.4933803379535675, 0.5, 0.30000001192092896]
 
 
-@pytest.mark.skipif(not TEST_FAMILY.is_dir(), reason=f"benchmark folder {TEST_FAMILY} is absent")
+@pytest.mark.skipif(not TEST_FAMILY.is_dir(), reason=absent_reason(TEST_FAMILY))
 def test_real_family_files_and_witness_check():
     """VNN-COMP 2021 'test': header-less instances.csv joins truth.csv; real witnesses check out."""
     instances = vnncomp.read_instances(TEST_FAMILY)

@@ -9,7 +9,7 @@ import torch
 
 from verifier.bounds import BoundEngine
 from verifier.config import AlphaConfig
-from verifier.shared_data import benchmarks_root
+from verifier.shared_data import absent_reason, benchmarks_root
 
 ROOT = str(benchmarks_root() / "vnncomp2021")
 CASES = [("mnistfc", "onnx/mnist-net_256x2.onnx", "vnnlib/prop_0_0.03.vnnlib"),
@@ -21,7 +21,7 @@ def _load(folder, onnx_rel, vnn_rel):
     """Graph, box and stacked unsafe rows of one instance (skips when files or parsers are missing)."""
     path = os.path.join(ROOT, folder, onnx_rel)
     if not os.path.exists(path):
-        pytest.skip(f"benchmark file {path} not present")
+        pytest.skip(absent_reason(path))
     loader = pytest.importorskip("verifier.model.onnx_loader")
     vnnlib = pytest.importorskip("verifier.spec.vnnlib")
     graph = loader.load_onnx(path).graph

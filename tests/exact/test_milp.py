@@ -14,7 +14,7 @@ from verifier.exact.milp import (GUROBI_SIZE_LIMIT, MilpProblem, MilpUnsupported
                                  gurobi_size_limited, verify_milp)
 from verifier.model.graph import Graph, Node
 from verifier.spec.spec import Polytope, Region
-from verifier.shared_data import benchmarks_root
+from verifier.shared_data import absent_reason, benchmarks_root
 
 
 
@@ -199,7 +199,7 @@ def test_pool_windows_reproduce_torch_maxpool(shape, attrs):
 BENCH = benchmarks_root() / "vnncomp2021" / "test"
 
 
-@pytest.mark.skipif(not (BENCH / "truth.csv").exists(), reason=f"benchmark folder {BENCH} is absent")
+@pytest.mark.skipif(not (BENCH / "truth.csv").exists(), reason=absent_reason(BENCH / "truth.csv"))
 def test_vnncomp_test_benchmark_verdicts():
     from verifier.model.onnx_loader import load_onnx
     from verifier.spec.vnnlib import load_vnnlib

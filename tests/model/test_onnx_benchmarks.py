@@ -11,10 +11,10 @@ import torch
 
 from verifier.model import UnsupportedModelError, load_onnx
 from verifier.model.reference import OnnxRunner
-from verifier.shared_data import benchmarks_root
+from verifier.shared_data import absent_reason, benchmarks_root
 
 ROOT = benchmarks_root()
-pytestmark = pytest.mark.skipif(not ROOT.is_dir(), reason=f"benchmark folder {ROOT} is absent")
+pytestmark = pytest.mark.skipif(not ROOT.is_dir(), reason=absent_reason(ROOT))
 
 
 def _distinct_networks(year: str) -> dict[str, tuple[Path, str]]:
@@ -83,7 +83,7 @@ LATER = [  # (family, network file, None if it loads, else ops the error must li
 def test_later_families(family, name, missing):
     path = ROOT / family / "onnx" / name
     if not path.is_file():
-        pytest.skip(f"{path} is absent")
+        pytest.skip(absent_reason(path))
     if missing is None:
         _agree(path)
         return

@@ -9,7 +9,7 @@ import torch
 from onnx_factory import compare, helper, make_onnx, ops_of, rand
 from verifier.model import UnsupportedModelError, load_onnx, load_onnx_bytes
 from verifier.model.reference import OnnxRunner
-from verifier.shared_data import benchmarks_root
+from verifier.shared_data import absent_reason, benchmarks_root
 
 N = helper.make_node
 RNG = np.random.default_rng(11)
@@ -109,7 +109,7 @@ NETS = _networks()
 NEW = [n for n in NETS if any(k in n[1] for k in ("ml4acopf", "mscn", "parallel", "vit"))]
 
 
-@pytest.mark.skipif(not NEW, reason=f"benchmark folder {ROOT} is absent")
+@pytest.mark.skipif(not NEW, reason=absent_reason(ROOT))
 @pytest.mark.parametrize("fam,path,prop", NEW, ids=[Path(p).name for _, p, _ in NEW])
 def test_new_op_benchmark_networks_match_onnxruntime(fam, path, prop):
     from verifier.spec.vnnlib import load_vnnlib

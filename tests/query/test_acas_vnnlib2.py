@@ -12,7 +12,7 @@ from verifier.config import VerifyConfig
 from verifier.portfolio import verify
 from verifier.query import compile_files, verify_query, witness_lines
 from verifier.result import Verdict
-from verifier.shared_data import benchmarks_root
+from verifier.shared_data import absent_reason, benchmarks_root
 from verifier.spec.vnnlib import load_vnnlib
 from vnnlib2_convert import spec_to_vnnlib2
 
@@ -35,10 +35,9 @@ _WITNESS = re.compile(r"([XY])\[([0-9,]+)\]=(\S+)\Z")
 @pytest.fixture(scope="module")
 def acas():
     """The shared ACAS Xu folder (skips when the shared benchmarks are not laid out)."""
-    root = benchmarks_root()
-    folder = None if root is None else root / "vnncomp2021" / "acasxu"
-    if folder is None or not (folder / "instances.csv").is_file():
-        pytest.skip(f"shared ACAS Xu benchmarks not found (looked in {folder}; set NNVERIFY_BENCHMARKS)")
+    folder = benchmarks_root() / "vnncomp2021" / "acasxu"
+    if not (folder / "instances.csv").is_file():
+        pytest.skip(absent_reason(folder / "instances.csv"))
     return folder
 
 

@@ -15,7 +15,7 @@ from verifier.config import AttackConfig
 from verifier.model.graph import Graph, Node
 from verifier.search.attack import attack, cosine_alpha, region_margins, region_rows, spec_tensors, target_loss
 from verifier.spec.spec import Polytope, Region, Spec
-from verifier.shared_data import benchmarks_root
+from verifier.shared_data import absent_reason, benchmarks_root
 
 BENCH = benchmarks_root() / "vnncomp2021" / "test"
 
@@ -241,7 +241,7 @@ def _real_apis():
     return load_onnx, OnnxRunner, load_vnnlib
 
 
-@pytest.mark.skipif(not BENCH.is_dir(), reason=f"benchmark folder {BENCH} is absent")
+@pytest.mark.skipif(not BENCH.is_dir(), reason=absent_reason(BENCH))
 def test_vnncomp_test_sat_instance():
     """test_sat.onnx + test_prop.vnnlib is violated: the attack finds a confirmed witness."""
     load_onnx, OnnxRunner, load_vnnlib = _real_apis()
@@ -251,7 +251,7 @@ def test_vnncomp_test_sat_instance():
     assert cex is not None and spec.violation(cex.x, cex.y) is not None
 
 
-@pytest.mark.skipif(not BENCH.is_dir(), reason=f"benchmark folder {BENCH} is absent")
+@pytest.mark.skipif(not BENCH.is_dir(), reason=absent_reason(BENCH))
 def test_vnncomp_test_unsat_instance():
     """test_unsat.onnx + test_prop.vnnlib holds: the attack must not return a witness."""
     load_onnx, OnnxRunner, load_vnnlib = _real_apis()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from verifier.spec import Spec, VnnlibError, load_vnnlib, parse_vnnlib
-from verifier.shared_data import benchmarks_root
+from verifier.shared_data import absent_reason, benchmarks_root
 
 BENCHMARKS = benchmarks_root()
 
@@ -379,7 +379,7 @@ def _benchmark_files() -> list[Path]:
     return [f for f in files if sizes[f] <= 200_000 or f in keep]
 
 
-@pytest.mark.skipif(not BENCHMARKS.is_dir(), reason=f"benchmark folder {BENCHMARKS} is absent")
+@pytest.mark.skipif(not BENCHMARKS.is_dir(), reason=absent_reason(BENCHMARKS))
 def test_benchmark_files_parse():
     files = _benchmark_files()
     assert len(files) > 600
@@ -392,7 +392,7 @@ def test_benchmark_files_parse():
             assert np.all(region.lower <= region.upper) and region.unsafe, path
 
 
-@pytest.mark.skipif(not BENCHMARKS.is_dir(), reason=f"benchmark folder {BENCHMARKS} is absent")
+@pytest.mark.skipif(not BENCHMARKS.is_dir(), reason=absent_reason(BENCHMARKS))
 def test_benchmark_structures():
     acas = load_vnnlib(BENCHMARKS / "vnncomp2021/acasxu/vnnlib/prop_6.vnnlib")
     assert (acas.n_inputs, acas.n_outputs, len(acas.regions)) == (5, 5, 2)
@@ -408,7 +408,7 @@ def test_benchmark_structures():
     assert (mnist.n_inputs, mnist.n_outputs, len(mnist.regions[0].unsafe)) == (784, 10, 9)
 
 
-@pytest.mark.skipif(not BENCHMARKS.is_dir(), reason=f"benchmark folder {BENCHMARKS} is absent")
+@pytest.mark.skipif(not BENCHMARKS.is_dir(), reason=absent_reason(BENCHMARKS))
 def test_image_box_matches_independent_extraction():
     path = BENCHMARKS / "vnncomp2021/oval21/vnnlib"
     path = sorted(path.glob("*.vnnlib"))[0]

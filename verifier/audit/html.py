@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from verifier.audit.report import Extras, Picture
+from verifier.audit.extras import Extras, Picture
 
 VERDICT_COLOURS = {"holds": "#2e7d32", "violated": "#c62828", "unknown": "#757575", "timeout": "#9e9e9e",
                    "error": "#6a1b9a", "misclassified": "#ef6c00", "pending": "#90a4ae"}

@@ -20,13 +20,14 @@ import hashlib
 import json
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
 from verifier.audit.claim import Claim
+from verifier.audit.extras import Extras, Picture
+from verifier.audit.html import render_html
 from verifier.audit.plan import AuditItem, denormalise
 
 FORMAT = "nnverify-audit-report"
@@ -34,29 +35,6 @@ VERSION = 1
 VERDICTS = ("holds", "violated", "unknown", "timeout", "error")
 SAMPLE_VERDICTS = VERDICTS + ("misclassified", "pending")
 UNDECIDED_VERDICTS = ("unknown", "timeout", "error", "pending")
-
-
-@dataclass(frozen=True)
-class Picture:
-    """One counterexample to draw beside its original (both in pixel space, the data's sample shape)."""
-
-    key: str
-    sample: int
-    eps: float
-    label: int
-    prediction: int          # the model's class at the counterexample
-    original: np.ndarray
-    adversarial: np.ndarray
-
-
-@dataclass(frozen=True)
-class Extras:
-    """What the report needs besides counts: the tightness table and counterexamples to draw."""
-
-    tightness: dict | None = None               # verifier.audit.tightness.ibp_tightness(...)
-    pictures: tuple[Picture, ...] = ()
-    sample_shape: tuple[int, ...] = ()          # how a sample is laid out (decides image drawing)
-    pictures_total: int = 0                     # counterexamples in the audit (pictures may be fewer)
 
 
 # ----------------------------------------------------------------------------- aggregation
@@ -199,8 +177,6 @@ def counterexample_pictures(claim: Claim, report: dict, base: str | Path, limit:
 
 def write_report(report: dict, out_dir: str | Path, extras: Extras | None = None) -> tuple[Path, Path]:
     """Write ``report.json`` (with the tightness table) and a self-contained ``report.html``; return both paths."""
-    from verifier.audit.html import render_html
-
     extras = extras or Extras()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
