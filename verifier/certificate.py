@@ -99,11 +99,14 @@ class CertificateBuilder:
         self._by_content: dict[tuple, str] = {}
 
     def add_proof(self, region: int, polytope: int, tree: dict,
-                  splits: list[tuple[str, int, int]] | None = None) -> None:
-        """Record the proof tree of one (region, polytope) goal; ``splits``: its root's fixed (node, index, sign)."""
+                  splits: list[tuple[str, int, int]] | None = None, alphas: dict | None = None) -> None:
+        """Record the proof tree of one (region, polytope) goal; ``splits``: its root's fixed (node, index, sign);
+        ``alphas``: its root alphas ``{value: {"rows": key, "slopes": {relu node: key}}}``."""
         proof = {"region": int(region), "polytope": int(polytope), "tree": tree}
         if splits:
             proof["splits"] = [{"node": str(n), "index": int(k), "sign": int(s)} for n, k, s in splits]
+        if alphas:
+            proof["alphas"] = alphas
         self.proofs.append(proof)
 
     def add_array(self, array: np.ndarray, dtype: str = "float32") -> str:

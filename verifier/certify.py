@@ -43,11 +43,15 @@ def to_certificate(model_sha256: str, spec_sha256: str, proofs: list[tuple[int, 
     """The certificate JSON for proofs given as (region, polytope, tree).
 
     ``fixed``: split constraints (relu node, flat index, sign) every proof's root domain carries
-    (written as each proof's root ``splits``; see ``verifier.certificate``).
+    (written as each proof's root ``splits``; see ``verifier.certificate``). A tree's root may carry
+    ``"root_alphas"`` (``ReluSplitLog.root_alphas``), written as the proof's ``alphas``.
     """
     builder = CertificateBuilder(model_sha256, spec_sha256)
     for region, polytope, tree in proofs:
-        builder.add_proof(region, polytope, _store(tree, builder), fixed)
+        alphas = {value: {"rows": builder.add_array(np.asarray(rows, dtype=np.float64), "float64"),
+                          "slopes": {relu: builder.add_array(np.clip(a, 0.0, 1.0), "float16") for relu, a in slopes.items()}}
+                  for value, (rows, slopes) in (tree.get("root_alphas") or {}).items()}
+        builder.add_proof(region, polytope, _store(tree, builder), fixed, alphas)
     return builder.to_json()
 
 

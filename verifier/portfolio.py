@@ -328,7 +328,7 @@ def _repair(run: Run, weak) -> bool:
 def _split_weak_leaves(run: Run, weak) -> bool:
     """``_repair``'s work (the engine may stop it at the deadline)."""
     from verifier.search.input_split import input_split
-    from verifier.search.relu_split import relu_split
+    from verifier.search.relu_split import ReluSplitOptions, relu_split
 
     engine, wide = _engine(run), run.model.graph.n_inputs > run.config.bab.input_split_max_dims
     for region, polytope, leaf in weak:
@@ -341,7 +341,8 @@ def _split_weak_leaves(run: Run, weak) -> bool:
         poly = run.spec.regions[region].unsafe[polytope]
         if wide:
             out = relu_split(engine, run.model.graph, leaf.lower, leaf.upper, poly.A, poly.b, lambda x: None,
-                             run.deadline, run.config.bab, device=run.device)
+                             run.deadline, run.config.bab, device=run.device,
+                             options=ReluSplitOptions(bounds="checker"))  # a subtree: no root alphas of its own
             if out.status != "holds":
                 return False
             node.clear()
@@ -523,6 +524,7 @@ def step_bab(run: Run) -> bool:
     runner, engine = _runner(run), _engine(run)
     check = _exact(run, lambda x: validate(runner, run.spec, x, "bab", exact_inputs=run.config.exact_inputs))
     t0 = time.monotonic()
+    roots: dict[int, dict] = {}   # region -> polytope -> RootBounds (ReLU splitting: one root alpha-CROWN per region)
     try:
         for goal in run.open_goals():
             reg = run.spec.regions[goal.region]
@@ -530,6 +532,8 @@ def step_bab(run: Run) -> bool:
             extra = {"offload": run.offload, "goal": (goal.region, goal.polytope)}
             if by_input:
                 extra.update(falsify=[(p.A, p.b) for p in reg.unsafe], workers=_workers(run), aux=poly.aux)
+            else:
+                extra["root"] = _shared_root(run, engine, goal, roots)
             out = search(engine, graph, reg.lower, reg.upper, poly.A, poly.b, check, run.deadline, run.config.bab,
                          device=run.device, progress=_search_progress(run, method), **extra)
             run.note(f"{method} region {goal.region} polytope {goal.polytope}: {out.status} {out.stats}")
@@ -542,6 +546,18 @@ def step_bab(run: Run) -> bool:
     finally:
         run.timed("bab", t0)
     return not run.open_goals()
+
+
+def _shared_root(run: Run, engine, goal, roots: dict):
+    """The root bounds of ``goal``'s ReLU-split search, computed once for every open polytope of its region."""
+    from verifier.search.relu_split import shared_roots
+
+    if goal.region not in roots:
+        reg = run.spec.regions[goal.region]
+        polys = [g.polytope for g in run.open_goals() if g.region == goal.region]
+        found = shared_roots(engine, reg.lower, reg.upper, [reg.unsafe[p].A for p in polys], polys)
+        roots[goal.region] = dict(zip(polys, found))
+    return roots[goal.region][goal.polytope]
 
 
 def step_smooth_bab(run: Run) -> bool:

@@ -7,6 +7,7 @@ bound engine or the search.
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -17,8 +18,8 @@ import torch
 
 from verifier import clock
 from verifier.certificate import FORMAT, VERSION, CertificateError, load_certificate, sha256_file
-from verifier.check.crown import SUPPORTED, Domains, Pass, intermediate_bounds, objective_lower
-from verifier.check.tree import ArrayStore, Leaf, Split, parent_path, root_splits, walk
+from verifier.check.crown import SUPPORTED, Domains, Pass, intermediate_bounds, needs_bounds, objective_lower
+from verifier.check.tree import ArrayStore, Leaf, Split, parent_path, root_alphas, root_splits, walk
 from verifier.model.graph import Graph
 from verifier.spec.spec import Spec
 
@@ -68,8 +69,9 @@ def check(graph: Graph, spec: Spec, cert: dict, model_sha256: str | None = None,
         _check_support(graph, spec)
         arrays = ArrayStore(cert.get("arrays", {}))
         g = graph.to(device=torch.device(device), dtype=torch.float64)
-        roots: dict[int, dict] = {}   # bounds on each region box, shared by that region's proofs
-        for ri, pi, tree, entry in _proofs(cert, spec):
+        values = set(needs_bounds(graph))
+        roots: dict[tuple, dict] = {}   # bounds on each region box (per set of root alphas), shared by proofs
+        for ri, pi, tree, entry, alphas in _proofs(cert, spec):
             region, poly = spec.regions[ri], spec.regions[ri].unsafe[pi]
             where = f"proof (region {ri}, polytope {pi})"
             splits = _root_splits(entry, fixed, graph, where)
@@ -79,10 +81,12 @@ def check(graph: Graph, spec: Spec, cert: dict, model_sha256: str | None = None,
             n_leaves += len(leaves)
             if only is not None:
                 leaves = [lf for lf in leaves if _under(lf.where, only)]
-            if ri not in roots:
-                roots[ri] = root_bounds(g, region.lower, region.upper, splits)
+            key = (ri, json.dumps(alphas, sort_keys=True))
+            if key not in roots:
+                starts = None if alphas is None else _start_alphas(root_alphas(alphas, graph, arrays, where, values), g)
+                roots[key] = root_bounds(g, region.lower, region.upper, splits, starts)
             failed = _check_leaves(g, poly.A, poly.b, leaves, strict, reasons, notes, deadline,
-                                   Ancestry(where, inner, roots[ri]))
+                                   Ancestry(where, inner, roots[key]))
             weak.extend((ri, pi, leaf) for leaf in failed)
     except CertificateError as e:
         reasons.append(str(e))
@@ -162,15 +166,15 @@ def _root_splits(entry, fixed, graph: Graph, where: str) -> tuple[Split, ...]:
 
 
 def _proofs(cert: dict, spec: Spec):
-    """(region, polytope, tree, root splits or None) of every proof, after checking there is exactly one per goal."""
+    """(region, polytope, tree, root splits or None, root alphas or None) of every proof, after checking there is exactly one per goal."""
     proofs = cert.get("proofs")
     if not isinstance(proofs, list):
         raise CertificateError("proofs must be a list")
     wanted = {(r, p) for r, reg in enumerate(spec.regions) for p in range(len(reg.unsafe))}
     seen = set()
     for proof in proofs:
-        if not isinstance(proof, dict) or set(proof) - {"splits"} != {"region", "polytope", "tree"}:
-            raise CertificateError("each proof needs exactly region, polytope and tree (and optionally splits)")
+        if not isinstance(proof, dict) or set(proof) - {"splits", "alphas"} != {"region", "polytope", "tree"}:
+            raise CertificateError("each proof needs exactly region, polytope and tree (and optionally splits, alphas)")
         goal = (proof["region"], proof["polytope"])
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in goal) or goal not in wanted:
             raise CertificateError(f"proof names (region, polytope) {goal}, which the spec does not have")
@@ -180,7 +184,7 @@ def _proofs(cert: dict, spec: Spec):
     missing = sorted(wanted - seen)
     if missing:
         raise CertificateError(f"no proof for (region, polytope) {', '.join(map(str, missing))}")
-    return [(p["region"], p["polytope"], p["tree"], p.get("splits")) for p in proofs]
+    return [(p["region"], p["polytope"], p["tree"], p.get("splits"), p.get("alphas")) for p in proofs]
 
 
 @dataclass
@@ -197,7 +201,9 @@ def _check_leaves(graph: Graph, A: np.ndarray, b: np.ndarray, leaves: list[Leaf]
                   tree: Ancestry | None = None) -> list[Leaf]:
     """Re-derive the leaves' bounds and compare them with the claims; the leaves not > 0.
 
-    Every leaf is first bounded with the root domain's bounds intersected in. A leaf that is not
+    Every leaf is first bounded with the root domain's bounds intersected in (a leaf with splits
+    first without backward passes for its intermediate bounds, as the search's "root" mode bounds
+    it, then, if that is not > 0, with them). A leaf that is not
     > 0 that way is bounded again the way a branch and bound search bounds it: each domain on its
     path, from the root down, intersected with its parent's bounds (all derived here), with every
     neuron tightened by CROWN (a batched search tightens the neurons unstable anywhere in its
@@ -207,13 +213,19 @@ def _check_leaves(graph: Graph, A: np.ndarray, b: np.ndarray, leaves: list[Leaf]
     root = tree.root if tree is not None else None
     whole = [i for i, lf in enumerate(leaves) if root is not None and lf.where == tree.root_path and not lf.splits]
     rest = sorted(set(range(len(leaves))) - set(whole))
-    values = [0.0] * len(leaves)
+    values = [-math.inf] * len(leaves)
     if whole:   # the leaf is the region box itself: the root's bounds are its bounds
         for i, v in zip(whole, _whole_box_values(graph, A, b, [leaves[i] for i in whole], root)):
             values[i] = v
+    split = [i for i in rest if leaves[i].splits and root is not None]
+    if split:   # split leaves inside the root box: first without backward passes (the search's "root" mode)
+        for i, v in zip(split, _leaf_values(graph, A, b, [leaves[i] for i in split], lambda part: root, deadline,
+                                            len(leaves), crown=False)):
+            values[i] = v
+        rest = [i for i in rest if not (leaves[i].splits and values[i] > 0)]
     for i, v in zip(rest, _leaf_values(graph, A, b, [leaves[i] for i in rest], lambda part: root, deadline,
                                        len(leaves))):
-        values[i] = v
+        values[i] = max(values[i], v)
     again = [i for i, v in enumerate(values) if not v > 0]
     if again and tree is not None and tree.inner:
         parents = _parent_bounds(graph, [leaves[i] for i in again], tree, deadline)
@@ -283,13 +295,14 @@ def _chunk(graph: Graph) -> int:
     return max(1, min(CHUNK, BUDGET // (64 * widest)))
 
 
-def _leaf_values(graph, A, b, leaves: list[Leaf], known_of, deadline, total: int, tighten_all=False) -> list[float]:
+def _leaf_values(graph, A, b, leaves: list[Leaf], known_of, deadline, total: int, tighten_all=False,
+                 crown: bool = True) -> list[float]:
     """Re-derived bounds of ``leaves`` in chunks; ``known_of(chunk)`` gives the bounds to intersect."""
     chunk, out = _chunk(graph), []
     for start in range(0, len(leaves), chunk):
         _in_time(deadline, f"after {start} of {len(leaves)} leaves (of {total})")
         part = leaves[start:start + chunk]
-        out.extend(leaf_bounds(graph, A, b, part, known_of(part), tighten_all).tolist())
+        out.extend(leaf_bounds(graph, A, b, part, known_of(part), tighten_all, crown).tolist())
     return out
 
 
@@ -341,25 +354,34 @@ def _judge(leaf: Leaf, value: float, strict: bool, reasons: list[str], notes: li
         notes.append(f"{leaf.where}: the split constraints make this domain empty")
 
 
-def root_bounds(graph: Graph, lower: np.ndarray, upper: np.ndarray, splits: tuple[Split, ...] = ()) -> dict:
-    """Bounds of every value on the whole region box under the root's fixed splits (valid on every leaf inside it)."""
-    if splits:
-        bounds, _ = domain_bounds(graph, [Leaf("root", np.asarray(lower), np.asarray(upper), tuple(splits), 0, 1.0)])
-        return bounds
-    dev, shape = _device_of(graph), (1,) + tuple(graph.input_shape)
-    box = [torch.tensor(v, dtype=torch.float64, device=dev).reshape(shape) for v in (lower, upper)]
-    bounds, _ = intermediate_bounds(graph, Domains(*box), BUDGET)
+def root_bounds(graph: Graph, lower: np.ndarray, upper: np.ndarray, splits: tuple[Split, ...] = (),
+                start_alphas: dict | None = None) -> dict:
+    """Bounds of every value on the whole region box under the root's fixed splits (valid on every leaf inside it).
+
+    ``start_alphas``: the proof's root alphas as torch tensors (see ``intermediate_bounds``).
+    """
+    leaf = Leaf("root", np.asarray(lower, dtype=np.float64), np.asarray(upper, dtype=np.float64), tuple(splits), 0, 1.0)
+    bounds, _ = domain_bounds(graph, [leaf], start_alphas=start_alphas)
     return bounds
 
 
+def _start_alphas(alphas: dict[str, tuple], graph: Graph) -> dict[str, tuple]:
+    """Validated root alphas (numpy) as float64 tensors on the graph's device."""
+    dev = _device_of(graph)
+    return {value: (torch.as_tensor(rows, device=dev),
+                    {relu: torch.as_tensor(a, dtype=torch.float64, device=dev) for relu, a in slopes.items()})
+            for value, (rows, slopes) in alphas.items()}
+
+
 def leaf_bounds(graph: Graph, A: np.ndarray, b: np.ndarray, leaves: list[Leaf], known: dict | None = None,
-                tighten_all: bool = False) -> torch.Tensor:
+                tighten_all: bool = False, crown: bool = True) -> torch.Tensor:
     """Re-derived lower bound [len(leaves)] of each leaf's row ``A_i y - b_i`` (+inf if its domain is empty).
 
     ``known``: bounds on domains containing the leaves (the region box's, ``[1, *shape]``, or each
-    leaf's parent's, ``[B, *shape]``), intersected in.
+    leaf's parent's, ``[B, *shape]``), intersected in. ``crown``: see ``intermediate_bounds``.
     """
-    bounds, empty, (alphas, (betas, constant)) = domain_bounds(graph, leaves, known, tighten_all, with_params=True)
+    bounds, empty, (alphas, (betas, constant)) = domain_bounds(graph, leaves, known, tighten_all, with_params=True,
+                                                               crown=crown)
     return _row_values(graph, A, b, leaves, Pass(bounds, alphas, betas, beta_constant=constant), empty)
 
 
@@ -375,10 +397,10 @@ def _row_values(graph: Graph, A, b, leaves: list[Leaf], p: Pass, empty: torch.Te
 
 
 def domain_bounds(graph: Graph, domains: list[Leaf], known: dict | None = None, tighten_all: bool = False,
-                  with_params: bool = False):
+                  with_params: bool = False, start_alphas: dict | None = None, crown: bool = True):
     """Bounds of every value on each domain (its box and relu splits), and the mask of empty domains.
 
-    ``known`` and ``tighten_all``: see ``intermediate_bounds``.
+    ``known``, ``tighten_all``, ``start_alphas`` and ``crown``: see ``intermediate_bounds``.
     With ``with_params`` also the leaves' (alphas, betas) tensors for the objective pass.
     """
     dev, f64 = _device_of(graph), torch.float64
@@ -386,7 +408,8 @@ def domain_bounds(graph: Graph, domains: list[Leaf], known: dict | None = None, 
     lower = torch.as_tensor(np.stack([d.lower for d in domains]), dtype=f64, device=dev).reshape(shape)
     upper = torch.as_tensor(np.stack([d.upper for d in domains]), dtype=f64, device=dev).reshape(shape)
     masks, alphas, betas = _split_tensors(graph, domains, dev)
-    bounds, empty = intermediate_bounds(graph, Domains(lower, upper, *masks), BUDGET, known, tighten_all)
+    bounds, empty = intermediate_bounds(graph, Domains(lower, upper, *masks), BUDGET, known, tighten_all, start_alphas,
+                                        crown)
     return (bounds, empty, (alphas, betas)) if with_params else (bounds, empty)
 
 

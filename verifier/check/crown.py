@@ -128,7 +128,10 @@ def _relaxation(node: Node, p: Pass) -> relaxation.Relaxation:
 def _relax(node: Node, p: Pass) -> relaxation.Relaxation:
     l, u = p.bounds[node.inputs[0]]
     if node.op == "relu":
-        return relaxation.relu(l, u, p.alphas.get(node.name))
+        alpha = p.alphas.get(node.name)
+        if alpha is not None and alpha.dim() == l.dim() + 1:   # one slope per objective row: [B, m, *shape]
+            return relaxation.relu(l.unsqueeze(1), u.unsqueeze(1), alpha)
+        return relaxation.relu(l, u, alpha)
     if node.op == "leaky_relu":
         return relaxation.leaky_relu(l, u, float(node.attrs["alpha"]))
     if node.op in relaxation.STEP_FN:
@@ -138,7 +141,7 @@ def _relax(node: Node, p: Pass) -> relaxation.Relaxation:
 
 def _back_elementwise(node: Node, A: torch.Tensor, p: Pass):
     """Lower line where the coefficient is >= 0, upper line where it is < 0; plus beta terms."""
-    lw, lb, uw, ub = (t.unsqueeze(1) for t in _relaxation(node, p))
+    lw, lb, uw, ub = (t if t.dim() == A.dim() else t.unsqueeze(1) for t in _relaxation(node, p))
     Ap = A.clamp(min=0)                       # A = Ap + An, so Ap*lw + An*uw = A*uw + Ap*(lw - uw)
     A_in = A * uw + Ap * (lw - uw)
     if node.name in p.betas:
@@ -147,7 +150,9 @@ def _back_elementwise(node: Node, A: torch.Tensor, p: Pass):
 
 
 def _rows_dot(A: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """sum(A * v) per row, [B, m], for ``v`` of shape [B, 1, *shape] (a product, not a temporary)."""
+    """sum(A * v) per row, [B, m], for ``v`` of shape [B, 1, *shape] (a product, not a temporary) or [B, m, *shape]."""
+    if v.shape[1] != 1:
+        return (A * v).flatten(2).sum(2)
     return torch.matmul(A.flatten(2), v.flatten(2).transpose(1, 2)).squeeze(-1)
 
 
@@ -347,7 +352,7 @@ def _box_lower(A: torch.Tensor, lu: Interval) -> torch.Tensor:
     return _sum_rows(torch.where(A > 0, A * l, zero) + torch.where(A < 0, A * u, zero))
 
 
-def _needs_bounds(graph: Graph) -> dict[str, bool]:
+def needs_bounds(graph: Graph) -> dict[str, bool]:
     """Values feeding a nonlinear op -> whether all neurons need CROWN (True) or only unstable ones.
 
     Inputs of the smooth / bilinear ops and of ops without a backward rule (boxed in ``backward``)
@@ -387,6 +392,33 @@ def _tighten(graph: Graph, name: str, lu: Interval, p: Pass, every: bool, budget
     return fl.reshape(l.shape), fu.reshape(u.shape)
 
 
+def _tighten_rows(graph: Graph, name: str, lu: Interval, bounds: dict, rows: torch.Tensor,
+                  slopes: dict[str, torch.Tensor], budget: int) -> Interval:
+    """``lu`` intersected with CROWN bounds of the flat ``rows`` of value ``name`` under given relu slopes.
+
+    ``slopes[relu]``: ``[2k or 1, *shape]`` lower slopes in [0, 1]; entry j < k is used for the lower
+    bound of ``rows[j]``, entry k + j for its upper bound (one entry: shared by all).
+    """
+    l, u = lu
+    B, shape, k = l.shape[0], l.shape[1:], rows.numel()
+    fl, fu = l.flatten(1).clone(), u.flatten(1).clone()
+    widest = max([graph.n_inputs] + [n.size for n in graph.nodes])
+    step = max(1, budget // (2 * B * widest))
+    for start in range(0, k, step):
+        idx = rows[start:start + step]
+        r = idx.numel()
+        A = torch.zeros((B, 2 * r, fl.shape[1]), dtype=l.dtype, device=l.device)
+        A[:, torch.arange(r), idx] = 1.0
+        A[:, r + torch.arange(r), idx] = -1.0
+        pick = torch.cat([torch.arange(start, start + r), k + torch.arange(start, start + r)])
+        alphas = {relu: (t if t.shape[0] == 1 else t[pick]).unsqueeze(0).expand((B,) + (-1,) * t.dim())
+                  for relu, t in slopes.items()}
+        low = backward(graph, name, A.reshape((B, 2 * r) + tuple(shape)), Pass(bounds, alphas))
+        fl[:, idx] = torch.maximum(fl[:, idx], low[:, :r])
+        fu[:, idx] = torch.minimum(fu[:, idx], -low[:, r:])
+    return _intersect(lu, (fl.reshape(l.shape), fu.reshape(u.shape)))
+
+
 def _intersect(lu: Interval, other: Interval) -> Interval:
     """Per-element intersection of two sound intervals; where rounding makes them cross, the first one."""
     l, u = torch.maximum(lu[0], other[0]), torch.minimum(lu[1], other[1])
@@ -412,16 +444,22 @@ def _clamp(name: str, lu: Interval, dom: Domains, empty: torch.Tensor) -> Interv
 
 def intermediate_bounds(graph: Graph, dom: Domains, budget: int = 1 << 24,
                         known: dict[str, Interval] | None = None,
-                        tighten_all: bool = False) -> tuple[dict[str, Interval], torch.Tensor]:
+                        tighten_all: bool = False, start_alphas: dict | None = None, crown: bool = True
+                        ) -> tuple[dict[str, Interval], torch.Tensor]:
     """Bounds of every value on each leaf domain, and the mask [B] of domains proved empty.
 
     ``known``: bounds valid on a domain containing each leaf (the region box, or the leaf's parent
     domain), shape [1 or B, *shape]. They are intersected in before CROWN tightens a value, so
     neurons they already settle get no backward rows. ``tighten_all``: CROWN tightens every neuron
     that feeds a nonlinear op, stable ones too (tighter intervals downstream; slower).
+    ``start_alphas``: value -> (flat rows [k], {relu node: slopes [2k or 1, *shape]}): those rows
+    are also bounded by a backward pass with the given lower slopes (alpha-CROWN's intermediate
+    bounds, re-derived), intersected in. ``crown=False``: no backward passes at all (interval and
+    forward bounds intersected with ``known`` and clamped by the splits: cheap, and as tight as the
+    search's "root" mode when ``known`` holds the root's alpha-CROWN bounds).
     """
     empty = torch.zeros(dom.lower.shape[0], dtype=torch.bool, device=dom.lower.device)
-    need = _needs_bounds(graph)
+    need = needs_bounds(graph)
     box = _clamp(graph.input_name, (dom.lower, dom.upper), dom, empty)
     bounds = {graph.input_name: box}
     p = Pass(bounds)
@@ -436,8 +474,10 @@ def intermediate_bounds(graph: Graph, dom: Domains, budget: int = 1 << 24,
         if known is not None and node.name in known:
             lu = _intersect(lu, known[node.name])
         if node.name in need:
-            if node.op in BACKWARD:     # a boxed node (no backward rule) cannot tighten itself
+            if crown and node.op in BACKWARD:     # a boxed node (no backward rule) cannot tighten itself
                 lu = _tighten(graph, node.name, lu, p, need[node.name] or tighten_all, budget)
+            if start_alphas and node.name in start_alphas:
+                lu = _tighten_rows(graph, node.name, lu, bounds, *start_alphas[node.name], budget)
             lu = _clamp(node.name, lu, dom, empty)
         bounds[node.name] = lu
         if fns is not None:

@@ -132,6 +132,41 @@ def root_splits(entry: Any, graph: Graph, at: str) -> tuple[Split, ...]:
     return tuple(out)
 
 
+def root_alphas(entry: Any, graph: Graph, array: ArrayStore, at: str, values: set[str]) -> dict[str, tuple]:
+    """A proof's root alphas ``{value: {"rows": key, "slopes": {relu node: key}}}``, validated.
+
+    Returns value -> (rows as int64 [k], {relu node: slopes [2k or 1, *shape] in [0, 1]}). ``values``
+    are the values whose bounds the checker derives (inputs of nonlinear ops).
+    """
+    if not isinstance(entry, dict):
+        raise CertificateError(f"{at}: alphas must be an object {{value: {{rows, slopes}}}}")
+    relus = {n.name: n for n in graph.nodes if n.op == "relu"}
+    sizes = {n.name: n.size for n in graph.nodes}
+    out = {}
+    for value, body in entry.items():
+        if value not in values:
+            raise CertificateError(f"{at}: alphas name value {value!r}, which does not feed a nonlinear op of the graph")
+        if not isinstance(body, dict) or set(body) != {"rows", "slopes"} or not isinstance(body["slopes"], dict):
+            raise CertificateError(f"{at}: alphas of {value!r} need exactly rows and slopes {{relu node: key}}")
+        rows = array.get(body["rows"])
+        if rows.ndim != 1 or not np.all(np.isfinite(rows)) or not np.array_equal(rows, np.round(rows)) \
+                or not np.all((rows >= 0) & (rows < sizes[value])) or len(np.unique(rows)) != rows.size:
+            raise CertificateError(f"{at}: alphas rows of {value!r} must be distinct integers in [0, {sizes[value]})")
+        k, slopes = rows.size, {}
+        for name, key in body["slopes"].items():
+            if name not in relus:
+                raise CertificateError(f"{at}: alphas of {value!r} name {name!r}, which is not a relu node of the graph")
+            a = array.get(key)
+            if a.shape not in ((2 * k,) + tuple(relus[name].shape), (1,) + tuple(relus[name].shape)):
+                raise CertificateError(f"{at}: slopes of {name!r} for {value!r} have shape {list(a.shape)}, expected "
+                                       f"[{2 * k} or 1, {', '.join(map(str, relus[name].shape))}]")
+            if not np.all((a >= 0) & (a <= 1)):
+                raise CertificateError(f"{at}: slopes of {name!r} for {value!r} are outside [0, 1] (or not finite)")
+            slopes[name] = a
+        out[value] = (rows.astype(np.int64), slopes)
+    return out
+
+
 def parent_path(path: str) -> str:
     """The path of a node's parent (every step appends one of .L .H .I .A)."""
     return path[:-2]

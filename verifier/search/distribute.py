@@ -41,7 +41,8 @@ import torch
 
 from verifier import clock
 from verifier.search.input_split import ID_STRIDE, Pending, Search, SplitOutcome, new_search
-from verifier.search.relu_split import ReluSearch, ReluSplitOptions, _merge_push, lineage_pending, resume_relu_search
+from verifier.search.relu_split import (ReluSearch, ReluSplitOptions, _merge_push, lineage_pending, resume_relu_search,
+                                        root_signs, shared_roots)
 
 CHUNK_SECONDS = 2.0   # aim for one chunk's search time (the issue asks for 1-3 s)
 CHUNK_BUDGET = 2 * CHUNK_SECONDS   # a chunk searched this long sends back its proof so far and what is left
@@ -73,6 +74,7 @@ class ChunkSpec:
     lineage: list = field(default_factory=list)
     root: list = field(default_factory=list)
     bounds: str = "checker"
+    root_polytopes: list = field(default_factory=list)   # the home root's shared polytopes (relu_split.RootBounds)
     budget: float = 0.0        # seconds of search before it returns what is left (``partial``); 0: no limit
 
     @property
@@ -224,8 +226,13 @@ def chunk_search(engine, graph, region, chunk: ChunkSpec, validate, deadline: fl
     """
     poly = region.unsafe[chunk.polytope]
     if chunk.kind == "relu":
+        options, root = ReluSplitOptions(bounds=chunk.bounds), None
+        if chunk.root_polytopes:    # the home search's root bounded these polytopes together: derive it the same way
+            roots = shared_roots(engine, region.lower, region.upper, [region.unsafe[p].A for p in chunk.root_polytopes],
+                                 chunk.root_polytopes, options, root_signs(engine, chunk.root))
+            root = roots[chunk.root_polytopes.index(chunk.polytope)]
         search = resume_relu_search(engine, region.lower, region.upper, poly.A, poly.b, validate, deadline, bab,
-                                    chunk.root, chunk.domains(), chunk.id_base, ReluSplitOptions(bounds=chunk.bounds))
+                                    chunk.root, chunk.domains(), chunk.id_base, options, root)
         search.size = max(1, chunk.batch, len(chunk.ids))   # its cold domains go in one batch
         return search
     search = new_search(engine, graph, region.lower, region.upper, poly.A, poly.b, validate, deadline,
@@ -307,7 +314,7 @@ class _ReluKind:
         lineage = [[[p, node, k, int(splits[node][i, k])] for p, node, k in log.lineage(ident)]
                    for i, ident in enumerate(part.ids.tolist())]
         return {"lo": [], "hi": [], "lineage": lineage, "root": [list(r) for r in log.root],
-                "bounds": self.search.s.options.bounds}
+                "bounds": self.search.s.options.bounds, "root_polytopes": list(self.search.s.root_polytopes)}
 
     def encode(self, part) -> dict:
         return {"ids": part.ids.tolist(), "depth": part.depth.tolist(), **self.fields(part)}
