@@ -144,8 +144,8 @@ def root_alphas(entry: Any, graph: Graph, array: ArrayStore, at: str, values: se
     sizes = {n.name: n.size for n in graph.nodes}
     out = {}
     for value, body in entry.items():
-        if value not in values:
-            raise CertificateError(f"{at}: alphas name value {value!r}, which does not feed a nonlinear op of the graph")
+        if value not in values or value not in sizes:    # the graph input has no backward pass to tighten it
+            raise CertificateError(f"{at}: alphas name value {value!r}, which is not a node feeding a nonlinear op of the graph")
         if not isinstance(body, dict) or set(body) != {"rows", "slopes"} or not isinstance(body["slopes"], dict):
             raise CertificateError(f"{at}: alphas of {value!r} need exactly rows and slopes {{relu node: key}}")
         rows = array.get(body["rows"])
