@@ -58,6 +58,20 @@ class LeakyReluOp(ElementwiseOp):
             return free, zero, chord_s, chord_b
         return chord_s, chord_b, free, zero
 
+    def relax_fixed(self, node, lo, hi, alpha, cache):
+        """``relax`` with the alpha-free lines computed once per (node, bounds) and kept in ``cache``."""
+        if alpha.dim() <= lo.dim():
+            return self.relax(node, lo, hi, alpha)
+        a = _leak(node)
+        if not cache:
+            free, chord_s, chord_b = self._lines(a, lo, hi, self.default_alpha(node, lo, hi))
+            cache.update(free=free.unsqueeze(1), chord_s=chord_s.unsqueeze(1), chord_b=chord_b.unsqueeze(1),
+                         unstable=((lo < 0) & (hi > 0)).unsqueeze(1), zero=torch.zeros_like(chord_b).unsqueeze(1))
+        free = torch.where(cache["unstable"], a + alpha * (1.0 - a), cache["free"])
+        if a <= 1:
+            return free, cache["zero"], cache["chord_s"], cache["chord_b"]
+        return cache["chord_s"], cache["chord_b"], free, cache["zero"]
+
     def backward(self, node, A, in_bounds, relax_state):
         """Lower line where A >= 0, upper where A < 0; for a <= 1 the lower line has no intercept.
 

@@ -77,6 +77,11 @@ class ElementwiseOp(BoundOp):
         """The alpha reproducing the plain CROWN choice of the free line."""
         raise NotImplementedError(f"op {node.op} has no alpha parameter")
 
+    def relax_fixed(self, node: Node, lo: torch.Tensor, hi: torch.Tensor, alpha: torch.Tensor, cache: dict):
+        """``relax(node, lo, hi, alpha)`` for bounds that stay fixed over many alphas (an optimisation
+        loop): ``cache`` (one dict per node and bounds) may keep what does not depend on alpha."""
+        return self.relax(node, lo, hi, alpha)
+
     def backward(self, node, A, in_bounds, relax_state):
         """Lower bound of A.f(x): lower line where A >= 0, upper line where A < 0."""
         s = relax_state

@@ -111,8 +111,12 @@ def signs_of(engine, splits: dict | None, like: torch.Tensor) -> dict[str, torch
     return out
 
 
-def objective_lower(engine, bounds, A_spec, alphas, betas, signs, record: dict | None = None):
-    """Lower bounds [B, R] of the rows of ``A_spec`` with the beta terms; and the input coefficients."""
+def objective_lower(engine, bounds, A_spec, alphas, betas, signs, record: dict | None = None,
+                    fixed: dict | None = None):
+    """Lower bounds [B, R] of the rows of ``A_spec`` with the beta terms; and the input coefficients.
+
+    ``fixed``: a dict kept across calls with the same ``bounds`` (alpha-free relaxation parts).
+    """
     graph = engine.graph
     out = graph.output_name
     if out == graph.input_name:
@@ -121,7 +125,9 @@ def objective_lower(engine, bounds, A_spec, alphas, betas, signs, record: dict |
     def relax(node) -> RelaxState:
         op: ElementwiseOp = OPS[node.op]
         lo, hi = bounds[node.inputs[0]]
-        if node.name in alphas:
+        if node.name in alphas and fixed is not None:
+            lines = op.relax_fixed(node, lo, hi, alphas[node.name], fixed.setdefault(node.name, {}))
+        elif node.name in alphas:
             lines = op.relax(node, lo, hi, alphas[node.name])
         else:
             lines = tuple(t.unsqueeze(1) for t in op.relax(node, lo, hi))
@@ -157,9 +163,10 @@ def optimise_beta(engine, bounds, A_spec, splits, alphas, betas, cfg: BetaConfig
     best_b = {k: v.detach().clone() for k, v in betas.items()}
     best_low = None
     n_eval = max(1, cfg.iterations) if opt else 1
+    fixed: dict = {}   # the bounds stay fixed: alpha-free relaxation parts are computed once
     for it in range(n_eval):
         with torch.enable_grad():
-            low, _ = objective_lower(engine, bounds, A_spec, alphas, betas, signs)
+            low, _ = objective_lower(engine, bounds, A_spec, alphas, betas, signs, fixed=fixed)
         cur = low.detach()
         improved = torch.ones_like(cur, dtype=torch.bool) if best_low is None else cur > best_low
         best_low = cur.clone() if best_low is None else torch.maximum(best_low, cur)

@@ -422,11 +422,12 @@ class ReluSearch:
                     return self.outcome("unknown", note="out of memory")
                 self.size = max(1, self.size // 2)
                 continue
-            self.per_domain = max(self.per_domain * 0.5, (time.monotonic() - t_batch) / len(dom))
             if returned:
                 self.cold.difference_update(dom.ids.tolist())
             s.visited += len(dom)
             out = _settle(s, dom, res, pending)
+            # per domain: bounding, attacking, splitting and queueing (so that a batch ends before the deadline)
+            self.per_domain = max(self.per_domain * 0.5, (time.monotonic() - t_batch) / len(dom))
             if out is not None:
                 return self.outcome(out.status, out.counterexample, out.stats.get("note", ""))
         return self.outcome("holds")
@@ -455,8 +456,8 @@ def _settle(s: _Search, dom: Pending, res, pending: Pending) -> SplitOutcome | N
         proved, res = _recheck(s, dom, res, proved)
         margin = res.lower - s.b
         best, row = margin.max(1)
-    for i in torch.nonzero(proved).flatten().tolist():
-        _log_leaf(s, dom, res, i, int(row[i]), float(best[i]))
+    done = torch.nonzero(proved).flatten()
+    _log_leaves(s, dom, res, done.tolist(), row[done].tolist(), best[done].tolist())
     open_ = torch.nonzero(~proved).flatten()
     if not open_.numel():
         return None
@@ -499,25 +500,29 @@ def _recheck(s: _Search, dom: Pending, res, proved: torch.Tensor):
     return new_proved, BetaResult(lower, res.alphas, res.betas, bounds, empty, res.coeffs, res.input_A)
 
 
-def _log_leaf(s: _Search, dom: Pending, res, i: int, row: int, bound: float) -> None:
-    """Record a proved domain with its objective alphas and its betas in path order."""
-    ident = int(dom.ids[i])
-    lo_hi = res.bounds
-    alphas = {}
+def _log_leaves(s: _Search, dom: Pending, res, idx: list[int], rows: list[int], bounds: list[float]) -> None:
+    """Record proved domains ``idx`` (with their rows and bounds) with objective alphas and betas in path order."""
+    if not idx:
+        return
+    at, row = torch.tensor(idx, device=dom.ids.device), torch.tensor(rows, device=dom.ids.device)
+    alphas: dict[str, tuple[np.ndarray, np.ndarray]] = {}   # relu -> (unstable somewhere [n], alphas [n, *shape])
     for name, t in res.alphas.items():
         node = s.engine.nodes[name]
-        if s.engine.graph.node_map[name].op != "relu":
+        if node.op != "relu":
             continue
-        lo, hi = lo_hi[node.inputs[0]]
-        if bool(((lo[i] < 0) & (hi[i] > 0)).any()):
-            alphas[name] = t[i, row].detach().double().cpu().numpy()
-    path = s.log.path(ident)
-    betas = None
-    if path:
-        betas = np.array([float(res.betas[node][i, row].flatten()[k]) if node in res.betas else 0.0
-                          for node, k in path], dtype=np.float64)
-    claim = bound if bound > 0 else EMPTY_CLAIM  # only empty domains are logged without a positive bound
-    s.log.leaves.append((ident, row, claim, alphas, betas))
+        lo, hi = res.bounds[node.inputs[0]]
+        lo, hi = (v[at] if v.shape[0] > 1 else v.expand((len(idx),) + tuple(v.shape[1:])) for v in (lo, hi))
+        unstable = ((lo < 0) & (hi > 0)).flatten(1).any(1).cpu().numpy()
+        alphas[name] = (unstable, t[at, row].detach().double().cpu().numpy())
+    betas = {name: t[at, row].detach().flatten(1).double().cpu().numpy() for name, t in res.betas.items()}
+    for j, ident in enumerate(dom.ids[at].tolist()):
+        mine = {name: a[j] for name, (unstable, a) in alphas.items() if unstable[j]}
+        path = s.log.path(ident)
+        beta = None
+        if path:
+            beta = np.array([betas[node][j, k] if node in betas else 0.0 for node, k in path], dtype=np.float64)
+        claim = bounds[j] if bounds[j] > 0 else EMPTY_CLAIM  # only empty domains are logged without a positive bound
+        s.log.leaves.append((ident, rows[j], claim, mine, beta))
 
 
 def _attack(s: _Search, res, margin, row, open_) -> object:
