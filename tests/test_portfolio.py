@@ -228,3 +228,40 @@ def test_worker_processes_only_for_single_threaded_cpu_runs_outside_daemons(monk
         monkeypatch.undo()
         monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
         assert _workers(run) == 1
+
+
+def test_branch_and_bound_takes_the_worst_bounded_goal_first(tmp_path, monkeypatch):
+    """ReLU splitting starts with the open goal whose bound is lowest (the likeliest to be violated)."""
+    import verifier.search.relu_split as relu_split_module
+    from verifier.search.input_split import SplitOutcome
+
+    onnx_path, spec_path = tmp_path / "net.onnx", tmp_path / "prop.vnnlib"
+    write_mlp(onnx_path, 4, [20, 16, 16, 3])
+    centre = np.random.default_rng(104).uniform(-1, 1, 20)
+    lower, upper = centre - 0.3, centre + 0.3
+    graph = load_onnx(onnx_path).graph
+    minima = []
+    for j in (1, 2):     # the exact minimum of Y_0 - Y_j over the box
+        write_spec(spec_path, lower, upper, [({0: 1.0, j: -1.0}, 1e9)], 3)
+        minima.append(exact_minimum(graph, load_vnnlib(spec_path).regions[0]))
+    lines = [f"(declare-const X_{i} Real)" for i in range(20)] + [f"(declare-const Y_{j} Real)" for j in range(3)]
+    lines += [f"(assert (>= X_{i} {float(lo)!r}))\n(assert (<= X_{i} {float(hi)!r}))" for i, (lo, hi) in enumerate(zip(lower, upper))]
+    # two unsafe polytopes just below the exact minima: both hold, by a margin bounds alone do not show
+    d1, d2 = minima[0] - 0.01, minima[1] - 0.01
+    # the Y_0 - Y_1 goal has the worse alpha-CROWN bound (-0.71 against -0.58) and comes second
+    lines.append(f"(assert (or (and (<= (- Y_0 Y_2) {d2!r})) (and (<= (- Y_0 Y_1) {d1!r}))))")
+    spec_path.write_text("\n".join(lines) + "\n")
+    seen = []
+
+    def record(engine, graph, lower, upper, A, b, *args, **kwargs):
+        seen.append((A.tolist(), b.tolist()))
+        return SplitOutcome("timeout")
+
+    monkeypatch.setattr(relu_split_module, "relu_split", record)
+    result = verify(str(onnx_path), str(spec_path), VerifyConfig(timeout=30, method="bab"))
+    open_bounds = {b["polytope"]: b["lower"] for b in result.bounds}
+    assert len(seen) == 1 and all(v <= 0 for v in open_bounds.values()), (result.bounds, result.log)
+    assert open_bounds[1] < open_bounds[0]
+    worst = min(open_bounds, key=open_bounds.get)
+    spec = load_vnnlib(spec_path)
+    assert seen[0] == (spec.regions[0].unsafe[worst].A.tolist(), spec.regions[0].unsafe[worst].b.tolist())
