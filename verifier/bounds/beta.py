@@ -202,18 +202,25 @@ def _final(engine, bounds, A_spec, alphas, betas, signs, best_low, empty) -> Bet
     return BetaResult(lower, alphas, betas, bounds, empty, record, A_x)
 
 
-def quick_domains(engine, lower, upper, C, splits: dict | None = None, *, reference: dict | None = None,
-                  alphas: dict | None = None, betas: dict | None = None, refine: bool = False):
-    """One beta-CROWN evaluation at the given parameters, no optimisation: (lower [B, R], empty [B]).
-
-    The cheap estimate branching heuristics compare candidate splits with (see ``compute_domains``).
-    """
+def _domains(engine, lower, upper, C, splits, reference, alphas, betas, refine):
+    """What bounding subdomains starts from: (fixed intermediate bounds, empty mask, spec rows
+    [B, R, *out], splits on the device, initial alphas, initial betas)."""
     box = input_box(engine.graph, lower, upper, engine.device, engine.dtype)
     A_spec, _ = spec_rows(engine.graph, C, box[0], False, engine.dtype)
     A_spec = A_spec.expand((box[0].shape[0],) + tuple(A_spec.shape[1:]))
     splits = {k: v.to(box[0].device) for k, v in (splits or {}).items()}
     bounds, empty = split_bounds(engine, box, splits, reference, refine)
     a0, b0 = initial_params(engine, bounds, A_spec.shape[1], alphas, betas)
+    return bounds, empty, A_spec, splits, a0, b0
+
+
+def quick_domains(engine, lower, upper, C, splits: dict | None = None, *, reference: dict | None = None,
+                  alphas: dict | None = None, betas: dict | None = None, refine: bool = False):
+    """One beta-CROWN evaluation at the given parameters, no optimisation: (lower [B, R], empty [B]).
+
+    The cheap estimate branching heuristics compare candidate splits with (see ``compute_domains``).
+    """
+    bounds, empty, A_spec, splits, a0, b0 = _domains(engine, lower, upper, C, splits, reference, alphas, betas, refine)
     with torch.no_grad():
         low, _ = objective_lower(engine, bounds, A_spec, a0, b0, signs_of(engine, splits, A_spec))
     return low, empty
@@ -229,10 +236,5 @@ def compute_domains(engine, lower, upper, C, splits: dict | None = None, *, refe
     ``refine``: re-derive intermediate bounds by CROWN under the splits (costly) instead of IBP;
     ``deadline``: ``time.monotonic()`` value after which the optimisation stops early.
     """
-    box = input_box(engine.graph, lower, upper, engine.device, engine.dtype)
-    A_spec, _ = spec_rows(engine.graph, C, box[0], False, engine.dtype)
-    A_spec = A_spec.expand((box[0].shape[0],) + tuple(A_spec.shape[1:]))
-    splits = {k: v.to(box[0].device) for k, v in (splits or {}).items()}
-    bounds, empty = split_bounds(engine, box, splits, reference, refine)
-    a0, b0 = initial_params(engine, bounds, A_spec.shape[1], alphas, betas)
+    bounds, empty, A_spec, splits, a0, b0 = _domains(engine, lower, upper, C, splits, reference, alphas, betas, refine)
     return optimise_beta(engine, bounds, A_spec, splits, a0, b0, cfg, empty, deadline)

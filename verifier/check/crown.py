@@ -371,13 +371,13 @@ def needs_bounds(graph: Graph) -> dict[str, bool]:
     return need
 
 
-def _tighten(graph: Graph, name: str, lu: Interval, p: Pass, every: bool, budget: int) -> Interval:
-    """IBP bounds of value ``name`` intersected with CROWN bounds, row chunk by row chunk."""
+def _row_bounds(graph: Graph, name: str, lu: Interval, rows: torch.Tensor, budget: int,
+                pass_of: Callable[[int, int], Pass]) -> Interval:
+    """``lu`` with the flat ``rows`` of value ``name`` intersected with CROWN bounds, row chunk by row
+    chunk; ``pass_of(start, r)`` is the pass for rows ``[start, start + r)``."""
     l, u = lu
     B, shape = l.shape[0], l.shape[1:]
     fl, fu = l.flatten(1).clone(), u.flatten(1).clone()
-    rows = torch.arange(fl.shape[1], device=l.device) if every else \
-        torch.nonzero(((fl < 0) & (fu > 0)).any(0)).flatten()
     widest = max([graph.n_inputs] + [n.size for n in graph.nodes])
     step = max(1, budget // (2 * B * widest))
     for start in range(0, rows.numel(), step):
@@ -386,10 +386,18 @@ def _tighten(graph: Graph, name: str, lu: Interval, p: Pass, every: bool, budget
         A = torch.zeros((B, 2 * r, fl.shape[1]), dtype=l.dtype, device=l.device)
         A[:, torch.arange(r), idx] = 1.0
         A[:, r + torch.arange(r), idx] = -1.0
-        low = backward(graph, name, A.reshape((B, 2 * r) + tuple(shape)), p)
+        low = backward(graph, name, A.reshape((B, 2 * r) + tuple(shape)), pass_of(start, r))
         fl[:, idx] = torch.maximum(fl[:, idx], low[:, :r])
         fu[:, idx] = torch.minimum(fu[:, idx], -low[:, r:])
     return fl.reshape(l.shape), fu.reshape(u.shape)
+
+
+def _tighten(graph: Graph, name: str, lu: Interval, p: Pass, every: bool, budget: int) -> Interval:
+    """IBP bounds of value ``name`` intersected with CROWN bounds (every neuron, or the unstable ones)."""
+    fl, fu = (t.flatten(1) for t in lu)
+    rows = torch.arange(fl.shape[1], device=fl.device) if every else \
+        torch.nonzero(((fl < 0) & (fu > 0)).any(0)).flatten()
+    return _row_bounds(graph, name, lu, rows, budget, lambda start, r: p)
 
 
 def _tighten_rows(graph: Graph, name: str, lu: Interval, bounds: dict, rows: torch.Tensor,
@@ -399,24 +407,14 @@ def _tighten_rows(graph: Graph, name: str, lu: Interval, bounds: dict, rows: tor
     ``slopes[relu]``: ``[2k or 1, *shape]`` lower slopes in [0, 1]; entry j < k is used for the lower
     bound of ``rows[j]``, entry k + j for its upper bound (one entry: shared by all).
     """
-    l, u = lu
-    B, shape, k = l.shape[0], l.shape[1:], rows.numel()
-    fl, fu = l.flatten(1).clone(), u.flatten(1).clone()
-    widest = max([graph.n_inputs] + [n.size for n in graph.nodes])
-    step = max(1, budget // (2 * B * widest))
-    for start in range(0, k, step):
-        idx = rows[start:start + step]
-        r = idx.numel()
-        A = torch.zeros((B, 2 * r, fl.shape[1]), dtype=l.dtype, device=l.device)
-        A[:, torch.arange(r), idx] = 1.0
-        A[:, r + torch.arange(r), idx] = -1.0
+    B, k = lu[0].shape[0], rows.numel()
+
+    def pass_of(start: int, r: int) -> Pass:
         pick = torch.cat([torch.arange(start, start + r), k + torch.arange(start, start + r)])
-        alphas = {relu: (t if t.shape[0] == 1 else t[pick]).unsqueeze(0).expand((B,) + (-1,) * t.dim())
-                  for relu, t in slopes.items()}
-        low = backward(graph, name, A.reshape((B, 2 * r) + tuple(shape)), Pass(bounds, alphas))
-        fl[:, idx] = torch.maximum(fl[:, idx], low[:, :r])
-        fu[:, idx] = torch.minimum(fu[:, idx], -low[:, r:])
-    return _intersect(lu, (fl.reshape(l.shape), fu.reshape(u.shape)))
+        return Pass(bounds, {relu: (t if t.shape[0] == 1 else t[pick]).unsqueeze(0).expand((B,) + (-1,) * t.dim())
+                             for relu, t in slopes.items()})
+
+    return _intersect(lu, _row_bounds(graph, name, lu, rows, budget, pass_of))
 
 
 def _intersect(lu: Interval, other: Interval) -> Interval:
