@@ -126,12 +126,8 @@ def concat_gather(seed=0) -> Graph:
 
 
 @pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny networks gain nothing from threads; avoid oversubscribing the shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def single_thread(one_torch_thread):
+    """Every bounds test runs on one torch thread (``one_torch_thread``)."""
 
 
 @pytest.fixture

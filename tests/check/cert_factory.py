@@ -222,3 +222,24 @@ def prove_relu_split(graph: Graph, spec: Spec, depth: int, builder: CertificateB
         todo += [splits + [Split(neuron[0], neuron[1], -1)], splits + [Split(neuron[0], neuron[1], +1)]]
     builder.add_proof(0, 0, input_split_tree(leaves, (region.lower, region.upper), builder))
     return True
+
+
+def write_chain_onnx(graph: Graph, path) -> str:
+    """A chain of linear and elementwise activation nodes (``cf.mlp``-style) as an ONNX file of Gemm
+    and activation nodes (Relu, Sigmoid, Tanh, ...); returns the path."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes, inits, prev = [], [], "x"
+    for n in graph.nodes:
+        if n.op == "linear":
+            inits += [numpy_helper.from_array(n.params["weight"].numpy(), f"{n.name}_W"),
+                      numpy_helper.from_array(n.params["bias"].numpy(), f"{n.name}_b")]
+            nodes.append(helper.make_node("Gemm", [prev, f"{n.name}_W", f"{n.name}_b"], [n.name], transB=1))
+        else:
+            nodes.append(helper.make_node(n.op.capitalize(), [prev], [n.name]))
+        prev = n.name
+    g = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, graph.n_inputs])],
+                          [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [1, graph.n_outputs])], inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    return str(path)

@@ -81,26 +81,6 @@ def test_input_split_tree_refuses_gaps_and_conflicts():
 
 
 
-def _write_mlp_onnx(path: Path, graph) -> None:
-    """The factory MLP as an ONNX file (Gemm + Relu)."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    inits, nodes, prev = [], [], "X"
-    for n in graph.nodes:
-        if n.op == "linear":
-            inits += [numpy_helper.from_array(n.params["weight"].numpy(), f"{n.name}_w"),
-                      numpy_helper.from_array(n.params["bias"].numpy(), f"{n.name}_b")]
-            nodes.append(helper.make_node("Gemm", [prev, f"{n.name}_w", f"{n.name}_b"], [n.name], transB=1))
-        else:
-            nodes.append(helper.make_node("Relu", [prev], [n.name]))
-        prev = n.name
-    nodes.append(helper.make_node("Identity", [prev], ["Y"]))
-    g = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, graph.n_inputs])],
-                          [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, graph.n_outputs])], inits)
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), str(path))
-
-
 def _write_vnnlib(path: Path, spec) -> None:
     """One region, one polytope: declare, box asserts, output rows."""
     region = spec.regions[0]
@@ -124,7 +104,7 @@ def files(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("cert")
     graph = cf.mlp(0, 3, (10, 10), 2)
-    _write_mlp_onnx(folder / "net.onnx", graph)
+    cf.write_chain_onnx(graph, folder / "net.onnx")
     model = load_onnx(folder / "net.onnx")
     _write_vnnlib(folder / "prop.vnnlib", cf.tight_spec(model.graph, np.full(3, -1.0), np.full(3, 1.0), 0.05))
     spec = load_vnnlib(folder / "prop.vnnlib")

@@ -26,6 +26,7 @@ from verifier.exact.milp import verify_milp
 from verifier.model.graph import Graph
 from verifier.search.relu_split import relu_split, shared_roots
 from verifier.spec.spec import Polytope, Region, Spec
+from verifier.threads import cpu_threads
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "exact"))
 from milp_nets import mlp  # noqa: E402
@@ -34,13 +35,7 @@ NETS = {"4-8-8": (1, 4, (8, 8)), "6-10-12-8": (2, 6, (10, 12, 8)), "3-16-16-16":
 TOL = 1e-9
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread, as the checker runs on a loaded CPU (and for repeatable sums)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _graph(name: str) -> Graph:
@@ -193,15 +188,13 @@ THRESHOLD = -0.55   # unsafe y0 - y1 <= t: above CROWN's root bound (-1.05), bel
 @pytest.fixture(scope="module")
 def proof():
     """The 12-8-12-8-3 MILP test net on a box, and a "root"-mode ReLU-split proof of y0 - y1 > THRESHOLD."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
     g = mlp(3, 12, (8, 12, 8), 3)
     centre = np.random.default_rng(3).uniform(-0.5, 0.5, 12)
     lo, hi = centre - 0.4, centre + 0.4
     c, t = np.array([[1.0, -1.0, 0.0]]), np.array([THRESHOLD])
     spec = Spec(12, 3, (Region(lo, hi, (Polytope(c, t),)),))
-    out = relu_split(BoundEngine(g), g, lo, hi, c, t, lambda x: None, time.monotonic() + 60, BabConfig(batch=64))
-    torch.set_num_threads(before)
+    with cpu_threads(1):
+        out = relu_split(BoundEngine(g), g, lo, hi, c, t, lambda x: None, time.monotonic() + 60, BabConfig(batch=64))
     return g, spec, out
 
 
@@ -381,18 +374,16 @@ CONJUNCTION = (5, 8, (10, 10), np.array([[1.0, -1.0, 0.0], [-1.0, 1.0, 0.3]]), n
 def conjunction():
     """The net, the spec, a ReLU-split proof of the conjunction, and sampled margins A y - b with
     every relu's pre-activation at 20000 points of the box and its 256 corners."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
     seed, n_in, hidden, A, t = CONJUNCTION
     g = mlp(seed, n_in, hidden, 3)
     centre = np.random.default_rng(seed).uniform(-0.5, 0.5, n_in)
     lo, hi = centre - 0.4, centre + 0.4
     spec = Spec(n_in, 3, (Region(lo, hi, (Polytope(A, t),)),))
-    out = relu_split(BoundEngine(g), g, lo, hi, A, t, lambda x: None, time.monotonic() + 60, BabConfig(batch=64))
-    values = _samples(g.to(dtype=torch.float64), lo, hi, 20000, np.random.default_rng(0))
+    with cpu_threads(1):
+        out = relu_split(BoundEngine(g), g, lo, hi, A, t, lambda x: None, time.monotonic() + 60, BabConfig(batch=64))
+        values = _samples(g.to(dtype=torch.float64), lo, hi, 20000, np.random.default_rng(0))
     margin = values[g.output_name].numpy() @ A.T - t
     pre = {n.name: values[n.inputs[0]].flatten(1).numpy() for n in g.nodes if n.op == "relu"}
-    torch.set_num_threads(before)
     return g, spec, out, margin, pre
 
 

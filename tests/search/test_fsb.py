@@ -20,12 +20,7 @@ from verifier.spec.spec import Polytope, Region, Spec
 from tests.search.test_shared_root import N_IN, N_OUT, POLYTOPES, _validator, net  # noqa: F401
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

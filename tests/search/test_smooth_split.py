@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.check.cert_factory import write_chain_onnx
 from verifier.bounds import BoundEngine
 from verifier.certify import to_certificate
 from verifier.check import check
@@ -147,32 +148,12 @@ def test_split_domain_bounds_with_multipliers_hold_on_the_domain(act):
             assert float(margin[d, 0]) <= float(f[inside].min()) + 1e-4
 
 
-def _onnx(graph: Graph, path) -> str:
-    """The graph (linear + sigmoid/tanh chain) as an ONNX file of Gemm and activation nodes."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    nodes, inits, prev = [], [], "x"
-    for n in graph.nodes:
-        if n.op == "linear":
-            inits += [numpy_helper.from_array(n.params["weight"].numpy(), f"{n.name}_W"),
-                      numpy_helper.from_array(n.params["bias"].numpy(), f"{n.name}_b")]
-            nodes.append(helper.make_node("Gemm", [prev, f"{n.name}_W", f"{n.name}_b"], [n.name], transB=1))
-        else:
-            nodes.append(helper.make_node(n.op.capitalize(), [prev], [n.name]))
-        prev = n.name
-    g = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, graph.n_inputs])],
-                          [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [1, graph.n_outputs])], inits)
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), str(path))
-    return str(path)
-
-
 def test_verify_routes_sigmoid_networks_to_interval_splitting_and_checks_the_proof(tmp_path):
     graph = mlp(2, "sigmoid", sizes=(20, 12, 12, 2))
     xs = torch.rand(50_000, 20, generator=torch.Generator().manual_seed(0)) * 0.2 - 0.1
     f = (graph.forward(xs) @ torch.tensor([1.0, -1.0])).numpy()
     spec = Spec(20, 2, [Region(-0.1 * np.ones(20), 0.1 * np.ones(20), [Polytope(A, np.array([f.min() - 0.05]))])])
-    result = verify(_onnx(graph, tmp_path / "s.onnx"), spec, VerifyConfig(timeout=30))
+    result = verify(write_chain_onnx(graph, tmp_path / "s.onnx"), spec, VerifyConfig(timeout=30))
     assert result.route == "smooth-bab"
     assert result.verdict.value in ("holds", "timeout", "unknown"), result.reason   # the sampled min is above b
     if result.verdict.value == "holds":
